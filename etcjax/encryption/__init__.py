@@ -18,9 +18,9 @@ This package imports nothing else of etcjax.
 
 from typing import Optional, Sequence
 
-import jax
 import numpy as np
 
+from etcjax.encryption import plans
 from etcjax.encryption.keys import (InvalidKeyError, KeyMismatchError,
                                     KeyStream, check_fingerprint, check_key,
                                     fingerprint, generate_key, load_key,
@@ -31,16 +31,15 @@ from etcjax.encryption.schemes import (SCHEMES, Scheme, get_scheme,
 
 
 def _plan_for(images, key, scheme, block_size, steps, image_ids, encrypted):
-  shape = getattr(images, "shape", None)
-  if shape is None or len(shape) != 4:
-    raise ValueError(
-        "images must be an array of rank 4 [N, H, W, C], got "
-        f"{'shape ' + str(tuple(shape)) if shape is not None else type(images).__name__}")
+  """The plan for a batch of plain (or, with `encrypted`, encrypted) images."""
+  what = "encrypted images" if encrypted else "images"
+  shape = plans.check_images(images, what)
   h, w, c = shape[1:]
-  if encrypted and get_scheme(scheme).representation == "ycbcr_gray":
+  if encrypted and get_scheme(scheme).representation == plans.YCBCR_GRAY:
     if w % 3 or c != 1:
       raise ValueError(
-          f"grayscale-based EtC images have shape [N, H, 3W, 1], got {tuple(shape)}")
+          "grayscale-based EtC images have shape [N, H, 3W, 1], got "
+          f"{tuple(shape)}")
     h, w, c = h, w // 3, 3
   return make_plan(key, scheme, (h, w, c), block_size, steps, image_ids)
 

@@ -18,6 +18,7 @@ import hmac
 import os
 import secrets
 import stat
+import tempfile
 
 import numpy as np
 
@@ -37,7 +38,11 @@ class KeyMismatchError(ValueError):
 
 
 def generate_key() -> bytes:
-  """Returns a fresh secret key: 32 bytes from the OS CSPRNG."""
+  """Returns a fresh secret key.
+
+  Returns:
+    32 bytes from the operating system's CSPRNG (`secrets.token_bytes`).
+  """
   return secrets.token_bytes(KEY_BYTES)
 
 
@@ -79,7 +84,17 @@ def fingerprint(key: bytes) -> str:
 
 
 def check_fingerprint(key: bytes, expected: str, what: str = "the data") -> None:
-  """Raises KeyMismatchError unless `key` has fingerprint `expected`."""
+  """Checks that a key is the one some data was made with.
+
+  Args:
+    key: the secret key (32 bytes).
+    expected: the fingerprint recorded with the data (16 hex characters).
+    what: names the data in the error message, e.g. "manifest out/x.json".
+
+  Raises:
+    KeyMismatchError: the fingerprints differ (the message shows both
+      fingerprints, never the key).
+  """
   actual = fingerprint(key)
   if actual != expected:
     raise KeyMismatchError(
@@ -94,7 +109,10 @@ def check_fingerprint(key: bytes, expected: str, what: str = "the data") -> None
 def save_key(path: str | os.PathLike, key: bytes, overwrite: bool = False) -> str:
   """Writes a key file readable by its owner only (mode 0600).
 
-  The file holds the key as 64 hex characters and a newline.
+  The file holds the key as 64 hex characters and a newline. It is written
+  to a temporary file in the same folder and then moved into place, so the
+  path never holds a partial key, and an existing key survives a failed
+  write.
 
   Args:
     path: where to write.
@@ -104,22 +122,43 @@ def save_key(path: str | os.PathLike, key: bytes, overwrite: bool = False) -> st
 
   Returns:
     The key's fingerprint.
+
+  Raises:
+    FileExistsError: `path` exists and `overwrite` is False.
+    InvalidKeyError: `key` is not 32 bytes.
   """
   key = check_key(key)
   path = os.fspath(path)
-  flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if overwrite else os.O_EXCL)
+  folder = os.path.dirname(os.path.abspath(path))
+  if not overwrite and os.path.lexists(path):
+    raise _exists_error(path)
+  fd, tmp = tempfile.mkstemp(prefix=".etcjax-key-", dir=folder)
   try:
-    fd = os.open(path, flags, 0o600)
-  except FileExistsError:
-    raise FileExistsError(
-        f"key file {path} already exists; refusing to overwrite it (images "
-        "encrypted with the old key could no longer be decrypted). Pass "
-        "overwrite=True / --overwrite to replace it.") from None
-  with os.fdopen(fd, "w") as f:
-    # O_CREAT's mode is masked by the umask and ignored for existing files.
-    os.fchmod(f.fileno(), 0o600)
-    f.write(key.hex() + "\n")
+    with os.fdopen(fd, "w") as f:
+      # mkstemp creates 0600 already; chmod guards odd platforms/umasks.
+      os.fchmod(f.fileno(), 0o600)
+      f.write(key.hex() + "\n")
+      f.flush()
+      os.fsync(f.fileno())
+    if overwrite:
+      os.replace(tmp, path)
+    else:
+      # link() fails if `path` appeared meanwhile, unlike rename().
+      try:
+        os.link(tmp, path)
+      except FileExistsError:
+        raise _exists_error(path) from None
+  finally:
+    if os.path.lexists(tmp):
+      os.unlink(tmp)
   return fingerprint(key)
+
+
+def _exists_error(path: str) -> FileExistsError:
+  return FileExistsError(
+      f"key file {path} already exists; refusing to overwrite it (images "
+      "encrypted with the old key could no longer be decrypted). Pass "
+      "overwrite=True / --overwrite to replace it.")
 
 
 def load_key(path: str | os.PathLike) -> bytes:
@@ -169,7 +208,16 @@ def load_key(path: str | os.PathLike) -> bytes:
 
 
 def derive_subkey(key: bytes, label: str) -> bytes:
-  """HKDF-SHA256 (extract then one expand block) of `key` under `label`."""
+  """Derives an independent 32-byte subkey for one purpose.
+
+  Args:
+    key: the secret key (32 bytes).
+    label: names the purpose, e.g. "etc/scramble".
+
+  Returns:
+    HKDF-SHA256 of `key` (salt `etcjax/kdf/v1`, info `label`, one expand
+    block): 32 bytes.
+  """
   key = check_key(key)
   prk = hmac.new(_KDF_SALT, key, hashlib.sha256).digest()
   return hmac.new(prk, label.encode("utf-8") + b"\x01", hashlib.sha256).digest()
@@ -184,11 +232,13 @@ class KeyStream:
   """
 
   def __init__(self, key: bytes, label: str):
+    if not isinstance(label, str) or not label:
+      raise TypeError(f"label must be a non-empty str, got {label!r}")
     self._seed = derive_subkey(key, label)
     self._counter = 0
 
   def bytes(self, n: int) -> np.ndarray:
-    """Returns `n` random bytes as a uint8 array."""
+    """Returns `n` random bytes: uint8 `[n]` in [0, 255]."""
     # A fresh XOF call per draw (keyed by a counter) keeps draws independent
     # without materialising one ever-growing output.
     data = hashlib.shake_256(
@@ -197,7 +247,7 @@ class KeyStream:
     return np.frombuffer(data, dtype=np.uint8).copy()
 
   def bits(self, n: int) -> np.ndarray:
-    """Returns `n` fair coin flips as a bool array."""
+    """Returns `n` fair coin flips: bool `[n]`."""
     return np.unpackbits(self.bytes((n + 7) // 8))[:n].astype(bool)
 
   def integers(self, upper, n: int | None = None) -> np.ndarray:
@@ -213,6 +263,8 @@ class KeyStream:
     """
     uppers = np.asarray(upper, np.int64)
     if uppers.ndim == 0:
+      if n is None or n < 0:
+        raise ValueError(f"n must be a count >= 0 with a scalar bound, got {n}")
       uppers = np.full((n,), uppers)
     if uppers.size and (uppers.min() < 1 or uppers.max() > 2**32):
       raise ValueError("bounds must be in [1, 2**32]")
@@ -227,7 +279,11 @@ class KeyStream:
     return out
 
   def permutation(self, n: int) -> np.ndarray:
-    """Returns a uniformly random permutation of range(n), int64 (Fisher-Yates)."""
+    """Returns a uniformly random permutation of range(n): int64 `[n]`.
+
+    Fisher-Yates with exactly uniform swap partners, so each of the n!
+    orders is equally likely.
+    """
     perm = np.arange(n, dtype=np.int64)
     # Swap partner of position i is uniform in [0, i], for i = n-1 .. 1.
     js = self.integers(np.arange(n, 1, -1))

@@ -51,10 +51,16 @@ NUM_SQUARE_TRANSFORMS = 8
 
 
 def square_transform(block: np.ndarray, t: int) -> np.ndarray:
-  """Applies symmetry `t` in [0, 8) of the square to a `[B, B, ...]` block.
+  """Applies one of the 8 symmetries of the square to a block.
 
-  t % 4 counter-clockwise quarter turns, then a horizontal flip if t >= 4;
-  t = 0 is the identity, and the 8 values give the 8 distinct symmetries.
+  Args:
+    block: `[B, B, ...]` array of any dtype.
+    t: the symmetry in [0, 8): t % 4 counter-clockwise quarter turns, then a
+      horizontal flip if t >= 4; t = 0 is the identity, and the 8 values give
+      the 8 distinct symmetries.
+
+  Returns:
+    The transformed block, same shape and dtype.
   """
   out = np.rot90(block, t % 4, axes=(0, 1))
   return out[:, ::-1] if t >= 4 else out
@@ -63,6 +69,11 @@ def square_transform(block: np.ndarray, t: int) -> np.ndarray:
 @dataclasses.dataclass(frozen=True)
 class Scheme:
   """A registered scheme.
+
+  Every `build_<scheme>` function has the signature of `build`: it takes the
+  32-byte key, `(H, W, C)`, the block size, the steps to apply (None: all)
+  and per-image ids (`pe_per_image` only; None otherwise), and returns the
+  scheme's `plans.Plan`.
 
   Attributes:
     name: registry name.
@@ -74,6 +85,7 @@ class Scheme:
       of distinct keys' worth of transforms (brute-force search space).
     jpeg_compliant: whether the scheme is designed to survive JPEG (block
       boundaries aligned with JPEG's blocks); the baselines are not.
+    description: one line for listings and reports.
   """
 
   name: str
@@ -147,13 +159,32 @@ def _local_symmetry_maps(b: int, c: int) -> np.ndarray:
 
 def check_geometry(scheme: str, image_shape, block_size: int,
                    channels: Optional[int] = 3) -> Tuple[int, int, int]:
-  """Validates an image shape for a block size; returns it as a tuple."""
-  if len(tuple(image_shape)) != 3:
+  """Validates an image shape for a scheme and block size.
+
+  Args:
+    scheme: the scheme's name, for error messages.
+    image_shape: `(H, W, C)` of plain images.
+    block_size: block side in pixels.
+    channels: the number of channels the scheme needs (None: any).
+
+  Returns:
+    `(H, W, C)` as Python ints.
+
+  Raises:
+    ValueError: a malformed shape or block size, the wrong number of
+      channels, or H or W not a multiple of the block size.
+  """
+  image_shape = tuple(image_shape)
+  if len(image_shape) != 3 or not all(
+      isinstance(d, (int, np.integer)) and not isinstance(d, bool)
+      for d in image_shape):
     raise ValueError(
-        f"image_shape must be (H, W, C), got {tuple(image_shape)}")
+        f"image_shape must be three integers (H, W, C), got {image_shape}")
   h, w, c = (int(d) for d in image_shape)
-  if not isinstance(block_size, (int, np.integer)) or block_size < 1:
-    raise ValueError(f"block_size must be a positive integer, got {block_size!r}")
+  if (not isinstance(block_size, (int, np.integer))
+      or isinstance(block_size, bool) or block_size < 1):
+    raise ValueError(
+        f"block_size must be a positive integer, got {block_size!r}")
   if channels is not None and c != channels:
     raise ValueError(
         f"scheme {scheme!r} needs {channels}-channel images, got C = {c}")
@@ -175,6 +206,10 @@ def _stream(key, scheme, step):
 
 
 def _check_steps(scheme: str, steps, known: Tuple[str, ...]) -> frozenset:
+  if isinstance(steps, str):
+    raise TypeError(
+        f"steps must be a sequence of step names, got the string {steps!r}; "
+        f"write steps=({steps!r},)")
   steps = frozenset(known if steps is None else steps)
   unknown = steps - set(known)
   if unknown:
@@ -190,8 +225,20 @@ def _check_steps(scheme: str, steps, known: Tuple[str, ...]) -> frozenset:
 ETC_STEPS = ("scramble", "rotate_flip", "negpos", "channel")
 
 
-def _etc_choices(key, name, nb, steps):
-  """Per-block choices of EtC: order, symmetry, inversion, colour order."""
+def etc_choices(key, name, nb, steps=ETC_STEPS):
+  """Per-block choices of EtC (or its grayscale variant), derived from a key.
+
+  Args:
+    key: the secret key (32 bytes).
+    name: the scheme, "etc" or "etc_gray" (part of every derivation label).
+    nb: number of blocks.
+    steps: the steps that are on; the others get identity choices.
+
+  Returns:
+    `(order, symmetry, negpos, channels)`, each `[nb]`: int64 source block of
+    every output block, int64 symmetry in [0, 8) (see `square_transform`),
+    bool negative-positive flag, int64 index into `CHANNEL_ORDERS`.
+  """
   order = (_stream(key, name, "scramble").permutation(nb)
            if "scramble" in steps else np.arange(nb))
   sym = (_stream(key, name, "rotate_flip").integers(NUM_SQUARE_TRANSFORMS, nb)
@@ -209,7 +256,7 @@ def build_etc(key, image_shape, block_size, steps=None, image_ids=None):
   steps = _check_steps("etc", steps, ETC_STEPS)
   h, w, c = check_geometry("etc", image_shape, block_size)
   nb = (h // block_size) * (w // block_size)
-  order, sym, neg, col = _etc_choices(key, "etc", nb, steps)
+  order, sym, neg, col = etc_choices(key, "etc", nb, steps)
   local_maps = _local_symmetry_maps(block_size, c)[sym, col]
   masks = np.repeat((neg * 255).astype(np.uint8)[:, None],
                     block_size * block_size * c, axis=1)
@@ -235,7 +282,7 @@ def build_etc_gray(key, image_shape, block_size, steps=None, image_ids=None):
   h, w, c = check_geometry("etc_gray", image_shape, block_size)
   rep = (h, 3 * w, 1)
   nb = (h // block_size) * (3 * w // block_size)
-  order, sym, neg, _ = _etc_choices(key, "etc_gray", nb, steps)
+  order, sym, neg, _ = etc_choices(key, "etc_gray", nb, steps)
   local_maps = _local_symmetry_maps(block_size, 1)[sym, 0]
   masks = np.repeat((neg * 255).astype(np.uint8)[:, None],
                     block_size * block_size, axis=1)
@@ -391,12 +438,15 @@ def build_pe_per_image(key, image_shape, block_size, steps=None,
   if block_size != 1:
     raise ValueError(
         f"scheme 'pe_per_image' is pixel-wise: block_size must be 1, got {block_size}")
-  if image_ids is None or np.ndim(image_ids) != 1 or len(image_ids) == 0:
+  ids = None if image_ids is None else np.asarray(image_ids)
+  if (ids is None or ids.ndim != 1 or ids.size == 0
+      or not np.issubdtype(ids.dtype, np.integer)):
     raise ValueError(
         "scheme 'pe_per_image' needs image_ids: a non-empty 1-D sequence of "
-        "integer image ids, one per image of the batch")
+        "integer image ids, one per image of the batch, got "
+        f"{'None' if ids is None else f'{ids.dtype} of shape {ids.shape}'}")
   rows = [_pe_arrays(key, f"pe_per_image/{int(i)}", h, w, c, steps)
-          for i in image_ids]
+          for i in ids]
   return plans.make(np.stack([g for g, _ in rows]), np.stack([x for _, x in rows]),
                     scheme="pe_per_image", image_shape=(h, w, c),
                     encrypted_shape=(h, w, c), block_size=1,
@@ -431,10 +481,14 @@ for _scheme in (
 
 
 def get_scheme(name: str) -> Scheme:
-  """Returns a registered scheme, or raises listing the known ones."""
+  """Returns the registered `Scheme` called `name`.
+
+  Raises:
+    ValueError: for an unknown name, listing the known ones.
+  """
   try:
     return SCHEMES[name]
-  except KeyError:
+  except (KeyError, TypeError):
     raise ValueError(
         f"unknown scheme {name!r}; known schemes: {sorted(SCHEMES)}") from None
 
@@ -459,6 +513,10 @@ def make_plan(key: bytes, scheme: str = "etc", image_shape=(224, 224, 3),
   """
   key = keys_lib.check_key(key)
   spec = get_scheme(scheme)
+  if image_ids is not None and spec.name != "pe_per_image":
+    raise ValueError(
+        f"image_ids are only used by scheme 'pe_per_image', not {scheme!r}; "
+        "one key covers every image of the other schemes")
   block_size = spec.default_block_size if block_size is None else block_size
   return spec.build(key, tuple(image_shape), block_size, steps=steps,
                     image_ids=image_ids)
