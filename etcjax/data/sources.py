@@ -1,0 +1,208 @@
+"""The examples of one split, held for random access by example index.
+
+Three kinds of source:
+
+* tfds datasets (fixed-size images, e.g. CIFAR-10): decoded uint8 arrays
+  in memory (CIFAR-10 train is 150 MB), read once per process and cached.
+* image folders `root/<split>/<class>/*`: only the file list is held; files
+  are read and decoded lazily, per example, in the tf.data graph. This
+  scales to folders far larger than memory, and after the first epoch the
+  OS page cache serves the reads.
+* encrypted datasets written by `python -m etcjax.encrypt`: like folders,
+  with files listed from the manifest. JPEGs are decoded with chroma
+  replication (no "fancy" upsampling), which keeps EtC images
+  JPEG-compliant (see `etcjax.encryption.jpeg`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+from typing import Dict, List, Optional, Tuple
+
+import numpy as np
+import tensorflow as tf
+
+from etcjax.data import image_folder
+from etcjax.encryption import manifest as manifest_lib
+
+# Formats tf.io.decode_image reads; folders with other files (TIFF, PPM)
+# are decoded with PIL through tf.numpy_function, which is slower.
+_TF_DECODABLE = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
+
+# Decoders of file sources.
+DECODE_IMAGE = "image"  # tf.io.decode_image, RGB.
+DECODE_PIL = "pil"  # image_folder.read_image, RGB.
+DECODE_JPEG = "jpeg"  # tf.io.decode_jpeg without fancy upsampling.
+DECODE_PNG = "png"  # tf.io.decode_png.
+
+
+@dataclasses.dataclass(frozen=True)
+class Source:
+  """One split, in memory (`images`) or as files (`paths`).
+
+  Attributes:
+    labels: int32 `[N]` in [0, len(label_names)).
+    label_names: class names.
+    description: how messages name the split, e.g. "split 'val' of image
+      folder /data/imagenette".
+    images: uint8 `[N, H, W, C]` (read-only), or None for file sources.
+    paths: `[N]` file paths (numpy bytes array), or None.
+    decoder: for file sources, one of DECODE_*.
+    channels: channels of the decoded images (3, or 1 for grayscale-based
+      EtC datasets).
+    image_shape: `(H, W, C)` of every image when known to be fixed, else
+      None (image folders may mix sizes).
+  """
+
+  labels: np.ndarray
+  label_names: List[str]
+  description: str
+  images: Optional[np.ndarray] = None
+  paths: Optional[np.ndarray] = None
+  decoder: Optional[str] = None
+  channels: int = 3
+  image_shape: Optional[Tuple[int, int, int]] = None
+
+  def __len__(self) -> int:
+    return len(self.labels)
+
+  def decode(self, path):
+    """Reads and decodes one file in the tf.data graph.
+
+    Args:
+      path: scalar tf.string, a path from `paths`.
+
+    Returns:
+      uint8 `[H, W, channels]` (`image_shape` when fixed).
+    """
+    if self.decoder == DECODE_PIL:
+      image = tf.numpy_function(
+          lambda p: image_folder.read_image(p.decode()), [path], tf.uint8,
+          stateful=False)
+      image.set_shape((None, None, 3))
+    else:
+      data = tf.io.read_file(path)
+      if self.decoder == DECODE_JPEG:
+        image = tf.io.decode_jpeg(data, channels=self.channels,
+                                  fancy_upscaling=False)
+      elif self.decoder == DECODE_PNG:
+        image = tf.io.decode_png(data, channels=self.channels)
+      else:
+        image = tf.io.decode_image(data, channels=self.channels,
+                                   expand_animations=False)
+        image.set_shape((None, None, self.channels))
+    if self.image_shape is None:
+      return image
+    check = tf.debugging.Assert(
+        tf.reduce_all(tf.shape(image) == self.image_shape),
+        [f"{self.description}: expected images of shape {self.image_shape}, "
+         "got shape", tf.shape(image), "in file", path])
+    with tf.control_dependencies([check]):
+      return tf.ensure_shape(tf.identity(image), self.image_shape)
+
+
+def _read_only(array: np.ndarray) -> np.ndarray:
+  # Cached sources are shared by every iterator; nobody may modify them.
+  array.flags.writeable = False
+  return array
+
+
+@functools.lru_cache(maxsize=4)
+def _tfds_arrays(name: str, split: str, data_dir: Optional[str]):
+  # Imported on use: tensorflow_datasets is not needed for other sources.
+  from etcjax.data import tfds_source  # pylint: disable=g-import-not-at-top
+  images, labels, names = tfds_source.load_tfds(name, split, data_dir)
+  return _read_only(images), _read_only(labels), tuple(names)
+
+
+def clear_cache() -> None:
+  """Frees the tfds splits cached in memory by `load_tfds_split`."""
+  _tfds_arrays.cache_clear()
+
+
+def load_tfds_split(name: str, split: str, data_dir: Optional[str]) -> Source:
+  """A tfds split, decoded into memory (cached per process).
+
+  Args:
+    name: tfds builder name, e.g. 'cifar10'.
+    split: split name or slice, e.g. 'train' or 'test[:500]'.
+    data_dir: tfds data_dir; None = tfds' default. Never downloads.
+
+  Returns:
+    A `Source` with `images`.
+
+  Raises:
+    FileNotFoundError: the dataset is not prepared in the data_dir.
+  """
+  images, labels, names = _tfds_arrays(name, split, data_dir)
+  return Source(labels=labels, label_names=list(names),
+                description=f"split {split!r} of tfds dataset {name!r}",
+                images=images, image_shape=tuple(images.shape[1:]))
+
+
+def load_folder_split(root: str, split: str) -> Source:
+  """A split of an image folder `root/<split>/<class>/*`.
+
+  Args:
+    root: the dataset folder.
+    split: sub-folder name, e.g. 'train' or 'val'.
+
+  Returns:
+    A `Source` with `paths`; labels index the sorted class folder names.
+
+  Raises:
+    FileNotFoundError: `root/<split>` does not exist.
+    ValueError: it has no class folders or no images.
+  """
+  folder = image_folder.scan(os.path.join(root, split))
+  tf_decodable = all(p.lower().endswith(_TF_DECODABLE) for p in folder.paths)
+  return Source(labels=folder.labels, label_names=folder.class_names,
+                description=f"split {split!r} of image folder {root}",
+                paths=np.asarray([os.fsencode(p) for p in folder.paths]),
+                decoder=DECODE_IMAGE if tf_decodable else DECODE_PIL)
+
+
+def load_encrypted_split(root: str, split: str,
+                         manifest: Dict) -> Source:
+  """A split of an encrypted dataset, checked against its manifest.
+
+  Args:
+    root: the encrypted dataset's folder.
+    split: a split of the manifest (must be complete).
+    manifest: the dataset's manifest (`manifest.read_manifest(root)`).
+
+  Returns:
+    A `Source` with `paths` and `image_shape` = the manifest's
+    encrypted_shape.
+
+  Raises:
+    ValueError: the split is missing or incomplete, or its files do not
+      match the manifest.
+  """
+  paths, labels, _ = manifest_lib.list_images(root, manifest, split)
+  shape = tuple(manifest["encrypted_shape"])
+  return Source(labels=labels, label_names=list(manifest["label_names"]),
+                description=f"split {split!r} of encrypted dataset {root}",
+                paths=np.asarray([os.fsencode(p) for p in paths]),
+                decoder=DECODE_JPEG if manifest["codec"] == "jpeg" else DECODE_PNG,
+                channels=shape[-1], image_shape=shape)
+
+
+def find_unreadable(paths) -> Optional[str]:
+  """The first of some image files that PIL cannot decode, for error messages.
+
+  Args:
+    paths: file paths (str or bytes).
+
+  Returns:
+    The error message naming the file, or None when all are readable.
+  """
+  for path in paths:
+    path = os.fsdecode(path)
+    try:
+      image_folder.read_image(path)
+    except ValueError as e:
+      return str(e)
+  return None
