@@ -9,7 +9,7 @@ slower. Two exact reformulations that XLA:CPU runs well are provided:
   `[H*W, H*W]` matrix built from the k x k kernel (zero outside the band).
   The convolution becomes one batched matmul over channels, which is
   what XLA:CPU is good at; the wasted multiplications by zero are cheap while
-  H*W is small (8x8: 64 columns against k*k = 81 taps).
+  H*W is small (8x8: 64 columns against k*k = 81 taps; 16x16: 256).
 - 'shifted': a sum of k*k shifted multiply-adds, which XLA fuses into one
   loop, with a hand-written backward pass: the input gradient is the same
   shifted sum with the flipped kernel, and the kernel gradient is k batched
@@ -38,8 +38,10 @@ METHODS = ("auto", "grouped", "toeplitz", "shifted")
 
 # Largest H*W for which 'auto' uses 'toeplitz' on CPU. The matrix has
 # (H*W)^2 entries per channel against k*k taps of the direct form, so its
-# cost grows with the grid; see benchmarks/models_speed.py for the
-# measurement behind the threshold.
+# cost grows with the grid. Measured with benchmarks/models_speed.py
+# (ConvMixer-256/8, k=9, batch 64, ratios to PyTorch in the same run): at
+# 16x16 'toeplitz' trained 0.65x PyTorch's speed and 'shifted' 0.39x; at
+# 32x32 the matrices would be 1 GB per layer.
 TOEPLITZ_MAX_TOKENS = 256
 
 
@@ -107,17 +109,23 @@ def _shifted_bwd(residuals, g):
   g_padded = jnp.pad(g, ((0, 0), (hi, lo), (hi, lo), (0, 0)))
   dx = _shifted_sum(g_padded, taps[::-1, ::-1], height, width)
   # dtaps[i, j, c] = sum_{n,h,w} xpad[n, h+i, w+j, c] * g[n, h, w, c]. For each
-  # kernel row i, a matmul over (n, h) gives m[c, v, w] for every pair of
-  # columns; tap j is the sum of its diagonal v = w + j.
-  x_padded = jnp.pad(x, ((0, 0), (lo, hi), (lo, hi), (0, 0)))
-  rows = []
-  for i in range(k):
-    m = jnp.einsum("nhvc,nhwc->cvw", x_padded[:, i:i + height], g,
+  # kernel row i, a matmul over (n, h) per channel gives m[c, v, w] for every
+  # pair of columns; tap j is the sum of its diagonal v = w + j. Channel-major
+  # copies make those matmuls batched over the leading axis, and a sequential
+  # map keeps one row's operand alive at a time (unrolled, XLA scheduled all
+  # k transposed copies at once: +5 GB for a ConvMixer-256/8 step at patch 1).
+  x_cmajor = jnp.pad(x, ((0, 0), (lo, hi), (lo, hi), (0, 0))).transpose(
+      3, 0, 1, 2)
+  g_cmajor = g.transpose(3, 0, 1, 2)
+
+  def kernel_row(i):
+    rows = jax.lax.dynamic_slice_in_dim(x_cmajor, i, height, axis=2)
+    m = jnp.einsum("cnhv,cnhw->cvw", rows, g_cmajor,
                    preferred_element_type=jnp.float32)
-    rows.append(jnp.stack(
-        [jnp.diagonal(m, offset=-j, axis1=1, axis2=2).sum(-1)
-         for j in range(k)]))
-  dtaps = jnp.stack(rows).astype(taps.dtype)
+    return jnp.stack([jnp.diagonal(m, offset=-j, axis1=1, axis2=2).sum(-1)
+                      for j in range(k)])
+
+  dtaps = jax.lax.map(kernel_row, jnp.arange(k)).astype(taps.dtype)
   return dx, dtaps
 
 

@@ -9,23 +9,47 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from etcjax.models import adaptation_networks
 from etcjax.models import convmixer
+from etcjax.models import resnet
 from etcjax.models import vit
 
-# name -> constructor(num_classes, dtype) -> flax module.
+# name -> constructor(num_classes=..., dtype=..., **overrides) -> flax module.
 MODELS: Dict[str, Callable[..., nn.Module]] = {}
 
-for _size, _sizes in vit.VIT_SIZES.items():
-  for _patch in (16, 32):
-    MODELS[f"ViT-{_size}_{_patch}"] = functools.partial(
-        vit.VisionTransformer, patch_size=_patch, **_sizes)
+for _name, _config in vit.VIT_VARIANTS.items():
+  MODELS[_name] = functools.partial(vit.VisionTransformer, **_config)
 
-# The paper's presets: 256/8 with P=1 for CIFAR-10, 384/8 with P=4 for
-# Imagenette; both with k=9.
+# The paper's presets: 256/8 with P=1 for CIFAR-10 (0.71 M parameters) and
+# 384/8 with P=4 for Imagenette (1.47 M); both with k=9. Other sizes by
+# overriding dim, depth, patch_size, kernel_size.
 MODELS["ConvMixer-256/8"] = functools.partial(
     convmixer.ConvMixer, dim=256, depth=8, patch_size=1, kernel_size=9)
 MODELS["ConvMixer-384/8"] = functools.partial(
     convmixer.ConvMixer, dim=384, depth=8, patch_size=4, kernel_size=9)
+
+# PE baseline classifier.
+MODELS["ResNet-18"] = functools.partial(resnet.ResNet, stage_sizes=(2, 2, 2, 2))
+
+
+def _adapted_resnet18(num_classes: int, dtype=jnp.float32, *,
+                      per_position: bool, block_size: int = 4,
+                      hidden_features=(384, 384), width: int = 64,
+                      stage_sizes=(2, 2, 2, 2)) -> nn.Module:
+  return adaptation_networks.AdaptedClassifier(
+      adaptation=adaptation_networks.BlockwiseAdaptation(
+          block_size=block_size, hidden_features=tuple(hidden_features),
+          per_position=per_position, dtype=dtype),
+      classifier=resnet.ResNet(num_classes, stage_sizes=tuple(stage_sizes),
+                               width=width, dtype=dtype))
+
+
+# LE and ELE baselines: their adaptation networks in front of ResNet-18 (the
+# paper uses PyramidNet + ShakeDrop; report these under their own names).
+MODELS["LE-ResNet-18"] = functools.partial(_adapted_resnet18,
+                                           per_position=False)
+MODELS["ELE-ResNet-18"] = functools.partial(_adapted_resnet18,
+                                            per_position=True)
 
 
 def list_models():
@@ -33,17 +57,24 @@ def list_models():
   return sorted(MODELS)
 
 
-def build(name: str, num_classes: int, dtype=jnp.float32, **overrides) -> nn.Module:
+def build(name: str, num_classes: int, dtype=jnp.float32,
+          **overrides) -> nn.Module:
   """Builds the module of a registered model.
 
   Args:
     name: a registered name (see `list_models()`).
-    num_classes: classifier outputs.
+    num_classes: classifier outputs (>= 1).
     dtype: compute dtype (parameters are float32).
-    **overrides: module attributes to change (e.g. `patch_size=2`).
+    **overrides: constructor arguments to change (e.g. `num_layers=2`,
+      `patch_size=2`, `representation_size=768`).
 
   Returns:
-    The flax module.
+    The flax module; `module.apply(variables, images, train=False)` maps
+    float32 `[N, H, W, 3]` images in [-1, 1] to float32 logits.
+
+  Raises:
+    ValueError: unknown name (the message lists the known ones) or
+      num_classes < 1.
   """
   if name not in MODELS:
     raise ValueError(f"unknown model {name!r}; known models: {list_models()}")
@@ -52,7 +83,7 @@ def build(name: str, num_classes: int, dtype=jnp.float32, **overrides) -> nn.Mod
   return MODELS[name](num_classes=num_classes, dtype=dtype, **overrides)
 
 
-def init_variables(module: nn.Module, image_size: int, rng):
+def init_variables(module: nn.Module, image_size: int, rng) -> Dict[str, Any]:
   """Initialises a module's variables for `[1, image_size, image_size, 3]` inputs.
 
   Pure in `rng`, so
@@ -66,14 +97,16 @@ def init_variables(module: nn.Module, image_size: int, rng):
     rng: a `jax.random` key.
 
   Returns:
-    The variables dict ('params', and 'batch_stats' for BatchNorm models).
+    The variables dict: 'params' (float32), and 'batch_stats' for models
+    with BatchNorm.
   """
   images = jnp.zeros((1, image_size, image_size, 3), jnp.float32)
   return module.init(rng, images, train=False)
 
 
 def create(name: str, num_classes: int, image_size: int, *, rng=0,
-           dtype=jnp.float32, **overrides) -> Tuple[nn.Module, Any]:
+           dtype=jnp.float32, init: bool = True,
+           **overrides) -> Tuple[nn.Module, Any]:
   """Builds a model and initialises its variables.
 
   Args:
@@ -82,6 +115,8 @@ def create(name: str, num_classes: int, image_size: int, *, rng=0,
     image_size: side of the square input images.
     rng: int seed or a `jax.random` key.
     dtype: compute dtype.
+    init: if False, return `jax.ShapeDtypeStruct`s instead of arrays
+      (nothing is computed).
     **overrides: module attributes to change.
 
   Returns:
@@ -91,4 +126,7 @@ def create(name: str, num_classes: int, image_size: int, *, rng=0,
   module = build(name, num_classes, dtype, **overrides)
   if isinstance(rng, int):
     rng = jax.random.PRNGKey(rng)
-  return module, jax.jit(functools.partial(init_variables, module, image_size))(rng)
+  initialise = functools.partial(init_variables, module, image_size)
+  if not init:
+    return module, jax.eval_shape(initialise, rng)
+  return module, jax.jit(initialise)(rng)

@@ -100,9 +100,13 @@ def test_empty_batch():
           _images((0, 32, 32, 3)))
 
 
+# Explicit ids: the key is random per session, and pytest-xdist workers
+# must collect identical test names.
 @pytest.mark.parametrize("key",
                          [KEY.hex(), KEY[:31], KEY + b"\0", None, 7,
-                          list(KEY)])
+                          list(KEY)],
+                         ids=["hex_string", "31_bytes", "33_bytes", "none",
+                              "int", "list_of_ints"])
 def test_bad_keys(key):
   err = _raises(encryption.InvalidKeyError, "key must be", encryption.encrypt,
                 _images(), key)

@@ -1,0 +1,270 @@
+"""Model speed on CPU: etcjax (JAX/Flax) against PyTorch in the same run.
+
+Measures images/s and peak resident memory of
+
+- a ConvMixer-256/8 (k=9) training step (forward, backward, AdamW) on 32x32
+  images, batch 64, at patch sizes 1, 2 and 4;
+- ViT-Ti/16 and ViT-B/16 inference at 224x224;
+
+for etcjax's models and for few-line PyTorch equivalents (channels_last for
+the ConvMixer, PyTorch's fastest CPU layout). Each model runs in its own
+worker process, so that peak memory (`ru_maxrss`) is per model; the
+orchestrator alternates the two frameworks' workers round by round (A B A B
+...) because the speed of a shared CPU drifts, and reports the median
+throughput ratio (ours / PyTorch) and the memory ratio.
+
+    python benchmarks/models_speed.py                # everything
+    python benchmarks/models_speed.py --only convmixer_p4 --rounds 5
+
+PyTorch is a benchmark-only dependency: `pip install torch==2.13.0` (CPU).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+# name -> (kind, settings). Steps per round are chosen for ~2-10 s rounds on
+# one free core.
+CASES = {
+    "convmixer_p1": dict(kind="convmixer", patch=1, batch=64, steps=1),
+    "convmixer_p2": dict(kind="convmixer", patch=2, batch=64, steps=2),
+    "convmixer_p4": dict(kind="convmixer", patch=4, batch=64, steps=5),
+    "vit_ti16": dict(kind="vit", size="Ti", batch=32, steps=2),
+    "vit_b16": dict(kind="vit", size="B", batch=8, steps=2),
+}
+VIT = {"Ti": (192, 12, 3, 768), "B": (768, 12, 12, 3072)}
+IMAGE_SIZE = {"convmixer": 32, "vit": 224}
+
+
+# --- workers -----------------------------------------------------------------
+
+
+def _jax_worker(case):
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  import optax  # pylint: disable=g-import-not-at-top
+  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  from etcjax import models  # pylint: disable=g-import-not-at-top
+
+  size = IMAGE_SIZE[case["kind"]]
+  rng = np.random.default_rng(0)
+  images = jnp.asarray(rng.uniform(-1, 1, (case["batch"], size, size, 3)),
+                       jnp.float32)
+  labels = jnp.asarray(rng.integers(0, 10, case["batch"]))
+  if case["kind"] == "convmixer":
+    module, variables = models.create(
+        "ConvMixer-256/8", 10, size, patch_size=case["patch"],
+        depthwise_method=case.get("method", "auto"))
+    tx = optax.adamw(1e-3)
+    state = (variables["params"], variables["batch_stats"],
+             tx.init(variables["params"]))
+
+    def train_step(state, images, labels):
+      params, batch_stats, opt_state = state
+
+      def loss_fn(params):
+        logits, updates = module.apply(
+            {"params": params, "batch_stats": batch_stats}, images,
+            train=True, mutable=["batch_stats"])
+        loss = optax.softmax_cross_entropy_with_integer_labels(
+            logits, labels).mean()
+        return loss, updates["batch_stats"]
+
+      (loss, batch_stats), grads = jax.value_and_grad(
+          loss_fn, has_aux=True)(params)
+      updates, opt_state = tx.update(grads, opt_state, params)
+      return (optax.apply_updates(params, updates), batch_stats,
+              opt_state), loss
+
+    step = jax.jit(train_step, donate_argnums=0)
+
+    def run():
+      nonlocal state
+      state, loss = step(state, images, labels)
+      return loss
+  else:
+    module, variables = models.create(f"ViT-{case['size']}_16", 1000, size)
+    forward = jax.jit(lambda v, x: module.apply(v, x, train=False))
+
+    def run():
+      return forward(variables, images)
+  return run, jax.block_until_ready
+
+
+def _torch_worker(case):
+  import torch  # pylint: disable=g-import-not-at-top
+  from torch import nn  # pylint: disable=g-import-not-at-top
+  torch.set_num_threads(os.cpu_count())
+  torch.manual_seed(0)
+  size = IMAGE_SIZE[case["kind"]]
+  images = torch.rand(case["batch"], 3, size, size) * 2 - 1
+  labels = torch.randint(0, 10, (case["batch"],))
+  if case["kind"] == "convmixer":
+
+    class Residual(nn.Module):
+
+      def __init__(self, fn):
+        super().__init__()
+        self.fn = fn
+
+      def forward(self, x):
+        return self.fn(x) + x
+
+    dim, depth, k, p = 256, 8, 9, case["patch"]
+    model = nn.Sequential(
+        nn.Conv2d(3, dim, p, stride=p), nn.GELU(), nn.BatchNorm2d(dim),
+        *[nn.Sequential(
+            Residual(nn.Sequential(
+                nn.Conv2d(dim, dim, k, groups=dim, padding="same"),
+                nn.GELU(), nn.BatchNorm2d(dim))),
+            nn.Conv2d(dim, dim, 1), nn.GELU(), nn.BatchNorm2d(dim))
+          for _ in range(depth)],
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(dim, 10))
+    model = model.to(memory_format=torch.channels_last)
+    images = images.contiguous(memory_format=torch.channels_last)
+    optimizer = torch.optim.AdamW(model.parameters(), 1e-3)
+
+    def run():
+      optimizer.zero_grad(set_to_none=True)
+      loss = nn.functional.cross_entropy(model(images), labels)
+      loss.backward()
+      optimizer.step()
+      return loss
+  else:
+    hidden, depth, heads, mlp = VIT[case["size"]]
+
+    class ViT(nn.Module):
+
+      def __init__(self):
+        super().__init__()
+        self.embed = nn.Conv2d(3, hidden, 16, stride=16)
+        self.cls = nn.Parameter(torch.zeros(1, 1, hidden))
+        self.pos = nn.Parameter(torch.zeros(1, (size // 16) ** 2 + 1, hidden))
+        self.encoder = nn.TransformerEncoder(nn.TransformerEncoderLayer(
+            hidden, heads, mlp, dropout=0.0, activation="gelu",
+            layer_norm_eps=1e-6, batch_first=True, norm_first=True), depth,
+                                             enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(hidden, eps=1e-6)
+        self.head = nn.Linear(hidden, 1000)
+
+      def forward(self, x):
+        x = self.embed(x).flatten(2).transpose(1, 2)
+        x = torch.cat([self.cls.expand(len(x), -1, -1), x], 1) + self.pos
+        return self.head(self.norm(self.encoder(x))[:, 0])
+
+    model = ViT().eval()
+
+    def run():
+      with torch.inference_mode():
+        return model(images)
+  return run, lambda x: x
+
+
+def worker(framework: str, case_name: str) -> None:
+  """Serves 'run N' (prints seconds) and 'quit' (prints peak RSS) on stdio."""
+  case = json.loads(case_name) if case_name.startswith("{") else CASES[case_name]
+  run, block = (_jax_worker if framework == "jax" else _torch_worker)(case)
+  for _ in range(2):  # compile / warm up
+    block(run())
+  print("READY", flush=True)
+  for line in sys.stdin:
+    command = line.split()
+    if command[0] == "run":
+      start = time.perf_counter()
+      for _ in range(int(command[1])):
+        out = run()
+      block(out)
+      print(time.perf_counter() - start, flush=True)
+    else:
+      rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+      print(rss_mb, flush=True)
+      return
+
+
+# --- orchestrator -------------------------------------------------------------
+
+
+class Worker:
+  """A worker process driven over pipes."""
+
+  def __init__(self, framework: str, case: str):
+    self.process = subprocess.Popen(
+        [sys.executable, os.path.abspath(__file__), "--worker", framework,
+         "--case", case], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        text=True)
+    line = self.process.stdout.readline()
+    if line.strip() != "READY":
+      raise RuntimeError(f"{framework} worker for {case} failed to start")
+
+  def ask(self, command: str) -> float:
+    self.process.stdin.write(command + "\n")
+    self.process.stdin.flush()
+    return float(self.process.stdout.readline())
+
+  def finish(self) -> float:
+    rss = self.ask("quit")
+    self.process.wait()
+    return rss
+
+
+def compare(case_name: str, case: dict, rounds: int) -> dict:
+  """Alternates the two frameworks; returns throughputs, memory and ratios."""
+  ours, theirs = Worker("jax", case_name), Worker("torch", case_name)
+  images = case["batch"] * case["steps"]
+  speeds = {"jax": [], "torch": []}
+  for _ in range(rounds):
+    for name, w in (("jax", ours), ("torch", theirs)):
+      speeds[name].append(images / w.ask(f"run {case['steps']}"))
+  memory = {"jax": ours.finish(), "torch": theirs.finish()}
+  # Ratios of adjacent rounds cancel most of the drift of a shared CPU.
+  ratios = [a / b for a, b in zip(speeds["jax"], speeds["torch"])]
+  return {
+      "case": case_name,
+      "jax_img_s": statistics.median(speeds["jax"]),
+      "torch_img_s": statistics.median(speeds["torch"]),
+      "speed_ratio": statistics.median(ratios),
+      "jax_peak_mb": memory["jax"],
+      "torch_peak_mb": memory["torch"],
+      "memory_ratio": memory["jax"] / memory["torch"],
+  }
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--worker", choices=["jax", "torch"])
+  parser.add_argument("--case")
+  parser.add_argument("--only", nargs="*", choices=sorted(CASES))
+  parser.add_argument("--rounds", type=int, default=4)
+  parser.add_argument("--method", default="auto",
+                      help="depthwise_method of our ConvMixer")
+  args = parser.parse_args(argv)
+  if args.worker:
+    worker(args.worker, args.case)
+    return
+  try:
+    import torch  # pylint: disable=g-import-not-at-top,unused-import
+  except ImportError:
+    sys.exit("PyTorch is needed for the comparison: pip install torch==2.13.0")
+  print(f"{'case':14s} {'ours img/s':>10s} {'torch img/s':>11s} "
+        f"{'speed ratio':>11s} {'ours MB':>8s} {'torch MB':>8s} "
+        f"{'mem ratio':>9s}")
+  for name in args.only or CASES:
+    case = dict(CASES[name])
+    if case["kind"] == "convmixer":
+      case["method"] = args.method
+    r = compare(json.dumps(case), case, args.rounds)
+    print(f"{name:14s} {r['jax_img_s']:10.1f} {r['torch_img_s']:11.1f} "
+          f"{r['speed_ratio']:11.2f} {r['jax_peak_mb']:8.0f} "
+          f"{r['torch_peak_mb']:8.0f} {r['memory_ratio']:9.2f}", flush=True)
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,405 @@
+"""The attacks task: every attack on every scheme, scored against the truth.
+
+For one dataset: encrypt the test images with the secret key, run each
+applicable attack (`etcjax.evaluation.attacks`), and score every
+reconstruction against its plain image with SSIM and PSNR. Writes
+
+    ssim_psnr.{csv,md}     mean/std/median per (scheme, attack), with the
+                           paper's CIFAR-10 means and a verdict
+    jigsaw.{csv,md}        block accuracy of the jigsaw solver
+    brute_force.{csv,md}   key-space sizes
+    learned.{csv,md}       training of the GAN/ITN attacks (size, losses)
+    per_image.csv          every score of every image
+    ssim_box.png, psnr_box.png   box plots per scheme
+    examples_<i>.png       image grids (plain, encrypted, each attack) like
+                           the paper's Fig. 6
+
+The adversary's data: the training split cut in two halves by parity of
+the index; plain images of one (the data distribution) and images of the
+other encrypted with the secret key (what a cloud sees).
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import os
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+import tqdm
+
+from etcjax import encryption
+from etcjax.evaluation import attacks as attacks_lib
+from etcjax.evaluation import figures
+from etcjax.evaluation import outputs
+from etcjax.evaluation import sources
+from etcjax.evaluation import tables
+from etcjax.evaluation import visual_metrics
+from etcjax.evaluation.attacks import brute_force
+from etcjax.evaluation.attacks import jigsaw
+from etcjax.evaluation.attacks import priors
+from etcjax.evaluation.attacks import threat_model
+
+ENCRYPTED = "encrypted"  # The "no attack" row: the encrypted image itself.
+# The jigsaw solver's assembly under the global transform closest to the
+# plain image: what it recovers up to the ambiguity its prior cannot settle.
+JIGSAW_ORACLE = "jigsaw_up_to_global"
+DEFAULT_SCHEMES = ("etc", "etc_gray", "block_common", "le", "ele", "pe")
+DEFAULT_ATTACKS = ("brute_force", "fr", "fr_advanced", "gan", "itn", "jigsaw")
+
+# Mean SSIM on CIFAR-10 in the paper (MaungMaung & Kiya 2022, Fig. 8).
+PAPER_SSIM_CIFAR10 = {
+    "etc": {ENCRYPTED: 0.047, "fr": 0.042, "gan": 0.018, "itn": 0.025},
+    "le": {ENCRYPTED: 0.037, "fr": 0.101, "gan": 0.864, "itn": 0.281},
+    "pe": {ENCRYPTED: 0.041, "fr": 0.303, "gan": 0.109, "itn": 0.017},
+}
+
+# Verdict thresholds on mean SSIM against the plain images (heuristic).
+BROKEN_SSIM = 0.5
+LEAK_SSIM = 0.2
+
+
+@dataclasses.dataclass(frozen=True)
+class SuiteSize:
+  """How much data and training an attacks run uses.
+
+  Attributes:
+    test_images: attacked images per dataset (None: the whole split).
+    public_images: adversary's training-split images per dataset (None:
+      all), halved into plain and encrypted.
+    jigsaw_images: per dataset and scheme, images the jigsaw solver
+      attacks (None: all attacked images): on a CPU it takes seconds per
+      224x224 EtC image (196 pieces) and most of a minute per grayscale-
+      based EtC one (2352 pieces).
+    training: size of the learned attacks.
+  """
+
+  test_images: Dict[str, Optional[int]]
+  public_images: Dict[str, Optional[int]]
+  jigsaw_images: Dict[str, Dict[str, Optional[int]]]
+  training: threat_model.TrainingSize
+
+
+SIZES = {
+    # CI: a few hundred images, learned attacks for a few dozen steps.
+    "smoke": SuiteSize(
+        test_images={"cifar10": 200, "imagenette": 12},
+        public_images={"cifar10": 1000, "imagenette": 100},
+        jigsaw_images={"cifar10": {"etc": 200, "etc_gray": 200},
+                       "imagenette": {"etc": 3, "etc_gray": 2}},
+        training=threat_model.TrainingSize(steps=30, batch_size=16, width=8,
+                                           learning_rate=1e-3, num_keys=8,
+                                           levels=2)),
+    # The study: whole test sets; GAN/ITN at this size are GPU/TPU work
+    # (hours per scheme on a CPU), so CPU runs pass --attacks without them
+    # or a smaller --train_steps.
+    "full": SuiteSize(
+        test_images={"cifar10": None, "imagenette": None},
+        public_images={"cifar10": None, "imagenette": None},
+        jigsaw_images={"cifar10": {"etc": None, "etc_gray": None},
+                       "imagenette": {"etc": 300, "etc_gray": 20}},
+        training=threat_model.TrainingSize(steps=20000, batch_size=64,
+                                           width=64, learning_rate=2e-4,
+                                           num_keys=1024, levels=3)),
+}
+
+
+def check_request(schemes: Sequence[str], attack_names: Sequence[str]) -> None:
+  """Raises on unknown names, or an attack that applies to none of the schemes."""
+  if not schemes:
+    raise ValueError(f"no schemes given; known schemes: {sorted(encryption.SCHEMES)}")
+  for scheme in schemes:
+    encryption.get_scheme(scheme)
+  for name in attack_names:
+    attack = attacks_lib.get_attack(name)
+    if not any(attack.applies_to(s) for s in schemes):
+      attacks_lib.check_applicable(name, schemes[0])
+
+
+def verdict(mean_ssim: float) -> str:
+  """Plain-language reading of a mean SSIM against the plain images."""
+  if not np.isfinite(mean_ssim):
+    return ""
+  if mean_ssim >= BROKEN_SSIM:
+    return "BROKEN: content recovered"
+  if mean_ssim >= LEAK_SSIM:
+    return "partial: structure leaks"
+  return "resisted"
+
+
+def _split_public(images: sources.Images):
+  even = images.images[0::2]
+  odd = sources.Images(images.dataset, images.split, images.images[1::2],
+                       images.labels[1::2], images.indices[1::2],
+                       images.label_names)
+  return even, odd
+
+
+def run(dataset: str, key: bytes, out_dir: str, *, size: str = "smoke",
+        schemes: Sequence[str] = DEFAULT_SCHEMES,
+        attack_names: Sequence[str] = DEFAULT_ATTACKS,
+        data_dir: Optional[str] = None, imagenette_dir: Optional[str] = None,
+        overwrite: bool = False, seed: int = 0,
+        test_limit: Optional[int] = None, jigsaw_limit: Optional[int] = None,
+        training: Optional[threat_model.TrainingSize] = None,
+        progress: bool = True) -> str:
+  """Runs the attacks task on one dataset.
+
+  Args:
+    dataset: 'cifar10' or 'imagenette'.
+    key: the secret key (only its fingerprint is recorded).
+    out_dir: the run folder; results go to `out_dir/attacks/<dataset>/`.
+    size: 'smoke' or 'full' (`SIZES`).
+    schemes: schemes to attack.
+    attack_names: attacks to run; each must apply to at least one scheme
+      (combinations that do not apply are shown as n/a).
+    data_dir: tfds data_dir (cifar10).
+    imagenette_dir: Imagenette folder (imagenette).
+    overwrite: replace existing results.
+    seed: seed of the attacks' random choices.
+    test_limit, jigsaw_limit: override the size's image counts (the latter
+      for every scheme).
+    training: override the size's learned-attack training.
+    progress: show progress bars.
+
+  Returns:
+    The result folder.
+  """
+  sources.check_dataset(dataset)
+  sources.check_size(size, SIZES)
+  check_request(schemes, attack_names)
+  preset = SIZES[size]
+  training = training or preset.training
+  test_limit = test_limit or preset.test_images[dataset]
+  jigsaw_limits = {s: jigsaw_limit or preset.jigsaw_images[dataset].get(s)
+                   for s in schemes}
+  output = outputs.TaskOutput(out_dir, "attacks", dataset, overwrite, meta=dict(
+      size=size, schemes=list(schemes), attacks=list(attack_names), seed=seed,
+      key_fingerprint=encryption.fingerprint(key),
+      training=dataclasses.asdict(training)))
+  eval_split, public_split = sources.DATASETS[dataset]
+  test = sources.load(dataset, eval_split, data_dir=data_dir,
+                      imagenette_dir=imagenette_dir, limit=test_limit,
+                      progress=progress)
+  public = sources.load(dataset, public_split, data_dir=data_dir,
+                        imagenette_dir=imagenette_dir,
+                        limit=preset.public_images[dataset], progress=progress)
+  public_plain, public_encrypt = _split_public(public)
+  prior = priors.ImagePrior.fit(public_plain)
+  shape = test.images.shape[1:]
+  for scheme in schemes:  # Fail on geometry before any work.
+    encryption.make_plan(key, "pe" if scheme == "pe_per_image" else scheme, shape)
+  # Example images (for the grids) are attacked by every attack.
+  smallest = min([l for l in jigsaw_limits.values() if l] or [len(test)])
+  examples = [int(i) for i in sources.subset(len(test), smallest)[:2]]
+  jigsaw_rows = {s: np.union1d(sources.subset(len(test), l), examples)
+                 for s, l in jigsaw_limits.items()}
+  reconstructing = [a for a in attack_names if attacks_lib.ATTACKS[a].reconstructs]
+  output.meta.update(test_images=len(test), public_images=len(public),
+                     eval_split=eval_split,
+                     jigsaw_images={s: len(r) for s, r in jigsaw_rows.items()
+                                    if s in jigsaw.JIGSAW_SCHEMES})
+
+  with output as folder:
+    scores: Dict[str, Dict[str, Dict[str, np.ndarray]]] = {}
+    grids = {i: {} for i in examples}
+    jigsaw_table = _jigsaw_table(dataset)
+    learned_table = _learned_table(dataset)
+    with open(os.path.join(folder, "per_image.csv"), "w", newline="") as f:
+      per_image = csv.writer(f)
+      per_image.writerow(["scheme", "attack", "image_index", "ssim", "psnr"])
+      for scheme in tqdm.tqdm(schemes, desc=f"attacks on {dataset}",
+                              disable=not progress):
+        scores[scheme] = {}
+        plan = encryption.make_plan(
+            key, "pe" if scheme == "pe_per_image" else scheme, shape)
+        encrypted = sources.encrypt(test, key, scheme)
+        context = threat_model.AttackContext(
+            scheme=scheme, block_size=plan.block_size, steps=None,
+            image_shape=shape, encrypted_shape=plan.encrypted_shape,
+            representation=plan.representation, encrypted=encrypted,
+            public_plain=public_plain,
+            public_encrypted=sources.encrypt(public_encrypt, key, scheme),
+            training=training, seed=seed, progress=progress)
+        results = {ENCRYPTED: (visual_metrics.as_rgb(encrypted, plan.representation),
+                               np.arange(len(test)))}
+        for name in reconstructing:
+          if not attacks_lib.ATTACKS[name].applies_to(scheme):
+            continue
+          rows = (jigsaw_rows[scheme] if name == "jigsaw"
+                  else np.arange(len(test)))
+          sub = dataclasses.replace(context, encrypted=encrypted[rows])
+          images, extras = attacks_lib.reconstruct(name, sub, prior)
+          results[name] = (images, rows)
+          if name == "jigsaw":
+            results[JIGSAW_ORACLE] = (
+                _score_jigsaw(jigsaw_table, key, scheme, shape,
+                              extras["assemblies"], test.images[rows], plan),
+                rows)
+          if "history" in extras:
+            _add_learned(learned_table, scheme, name, extras["history"],
+                         training)
+        for name, (images, rows) in results.items():
+          plain = test.images[rows]
+          ssim = visual_metrics.ssim(plain, images)
+          psnr = visual_metrics.psnr(plain, images)
+          scores[scheme][name] = {"ssim": ssim, "psnr": psnr}
+          for i, s, p in zip(rows, ssim, psnr):
+            per_image.writerow([scheme, name, int(test.indices[i]),
+                                f"{s:.6f}", f"{p:.4f}"])
+          for example in examples:
+            hit = np.flatnonzero(rows == example)
+            if hit.size:
+              grids[example].setdefault(scheme, {})[name] = images[hit[0]]
+    _summary_table(dataset, scores, reconstructing).write(
+        folder, "ssim_psnr")
+    if jigsaw_table.rows:
+      jigsaw_table.write(folder, "jigsaw")
+    if learned_table.rows:
+      learned_table.write(folder, "learned")
+    if "brute_force" in attack_names:
+      brute_force.table(schemes, [(dataset, shape)]).write(folder, "brute_force")
+    _figures(folder, dataset, scores, grids, test, schemes, reconstructing)
+  return output.path
+
+
+def _result_names(attack_names: Sequence[str]) -> List[str]:
+  """Rows of a scheme's results: no attack, each attack (and the oracle)."""
+  names = [ENCRYPTED]
+  for name in attack_names:
+    names.append(name)
+    if name == "jigsaw":
+      names.append(JIGSAW_ORACLE)
+  return names
+
+
+def _summary_table(dataset, scores, attack_names) -> tables.Table:
+  table = tables.Table(
+      f"{dataset}: SSIM and PSNR of reconstructions against the plain images",
+      ["scheme", "attack", "images", "SSIM mean", "SSIM std", "SSIM median",
+       "PSNR mean (dB)", "paper SSIM mean", "verdict"],
+      formats={"SSIM mean": ".3f", "SSIM std": ".3f", "SSIM median": ".3f",
+               "PSNR mean (dB)": ".2f", "paper SSIM mean": ".3f"},
+      notes=[f"'{ENCRYPTED}' scores the encrypted image itself (no attack); "
+             "n/a: the attack does not apply to the scheme.",
+             f"'{JIGSAW_ORACLE}' is not an attack of its own: the jigsaw "
+             "assembly under the global rotation/flip/inversion/colour order "
+             "closest to the plain image, i.e. what the solver recovers up to "
+             "the ambiguity its prior does not settle.",
+             f"Verdict from mean SSIM: >= {BROKEN_SSIM} BROKEN (content "
+             f"recovered), >= {LEAK_SSIM} partial leak, else resisted; "
+             "look at the example grids too.",
+             "Paper: MaungMaung & Kiya 2022, Fig. 8 (CIFAR-10 only)."])
+  for scheme, per_attack in scores.items():
+    paper = PAPER_SSIM_CIFAR10.get(scheme, {}) if dataset == "cifar10" else {}
+    for name in _result_names(attack_names):
+      if name not in per_attack:
+        table.add(scheme, name, 0, None, None, None, None, paper.get(name),
+                  "n/a")
+        continue
+      ssim = tables.summary(per_attack[name]["ssim"])
+      psnr = tables.summary(per_attack[name]["psnr"])
+      table.add(scheme, name, ssim["n"], ssim["mean"], ssim["std"],
+                ssim["median"], psnr["mean"], paper.get(name),
+                verdict(ssim["mean"]))
+  return table
+
+
+def _jigsaw_table(dataset) -> tables.Table:
+  return tables.Table(
+      f"{dataset}: jigsaw puzzle solver on block-scrambled images",
+      ["scheme", "images", "blocks per image", "blocks in right place",
+       "right place up to global rotation/flip", "correct neighbours",
+       "exactly restored blocks", "images fully restored", "SSIM mean",
+       "SSIM mean up to global transform"],
+      formats={c: ".3f" for c in (
+          "blocks in right place", "right place up to global rotation/flip",
+          "correct neighbours", "exactly restored blocks",
+          "images fully restored", "SSIM mean",
+          "SSIM mean up to global transform")},
+      notes=["Blocks in right place: the solver's output as is (it picks the "
+             "global rotation/flip and colours with its prior). Up to global "
+             "rotation/flip: the best of the global symmetries, chosen with "
+             "the truth (what a perfect prior would reach). Correct "
+             "neighbours: adjacent blocks that were adjacent in the same "
+             "relative position (Cho et al.'s neighbour comparison), up to "
+             "global symmetry. Exactly restored: right place, orientation, "
+             "inversion and colour order.",
+             "The solver's output is right only up to one global transform "
+             "of the whole image (rotation/flip, inversion, colour order), "
+             "which the adversary's simple prior often gets wrong (a "
+             "mirrored image shows its content as well); 'up to global "
+             "transform' scores the variant closest to the plain image.",
+             "For etc_gray the puzzle is the [H, 3W] grayscale image of 8x8 "
+             "blocks from the Y, Cb and Cr planes."])
+
+
+def _score_jigsaw(table, key, scheme, shape, assemblies, plain, plan
+                  ) -> np.ndarray:
+  """Adds a row to the jigsaw table; returns the oracle's RGB images."""
+  truth = jigsaw.source_blocks(plan)
+  # An identity plan (no steps) maps plain images to the encrypted
+  # representation's layout (the YCbCr planes for etc_gray).
+  identity = encryption.make_plan(key, scheme, shape, steps=())
+  plain_rep = np.asarray(encryption.apply(identity, plain))
+  symmetries, transforms = jigsaw.variants_of(
+      scheme, encryption.get_scheme(scheme).steps, plan.encrypted_shape[-1])
+  accuracy = jigsaw.score(assemblies, truth, plain_rep, plan.block_size,
+                          symmetries)
+  def as_rgb(images):
+    return visual_metrics.as_rgb(np.stack(images), plan.representation)
+  # What a perfect prior would pick: the global variant closest to the
+  # plain image.
+  oracle = []
+  for assembly, target in zip(assemblies, plain_rep):
+    options = jigsaw.global_variants(assembly, symmetries, transforms,
+                                     assembly.grid.shape)
+    errors = [np.mean((o.image.astype(np.float64) - target) ** 2)
+              for o in options]
+    oracle.append(options[int(np.argmin(errors))].image)
+  oracle = as_rgb(oracle)
+  table.add(scheme, len(assemblies), len(truth), accuracy.position.mean(),
+            accuracy.position_up_to_global.mean(), accuracy.neighbours.mean(),
+            accuracy.exact_blocks.mean(),
+            float(np.mean(accuracy.exact_blocks == 1.0)),
+            float(visual_metrics.ssim(plain, as_rgb([a.image for a in assemblies])).mean()),
+            float(visual_metrics.ssim(plain, oracle).mean()))
+  return oracle
+
+
+def _learned_table(dataset) -> tables.Table:
+  return tables.Table(
+      f"{dataset}: training of the learned attacks",
+      ["scheme", "attack", "steps", "batch size", "width", "first loss",
+       "last loss (mean of last 10%)"],
+      formats={"first loss": ".4f", "last loss (mean of last 10%)": ".4f"},
+      notes=["GAN: generator loss (LSGAN + 10 x cycle L1); ITN: L1 in [-1, 1] "
+             "units. Few steps (smoke size) give untrained networks: their "
+             "scores then say nothing about the attack's strength."])
+
+
+def _add_learned(table, scheme, name, history, training) -> None:
+  losses = [h["generator"] if isinstance(h, dict) else h for h in history]
+  tail = losses[-max(1, len(losses) // 10):]
+  table.add(scheme, name, len(losses), training.batch_size, training.width,
+            losses[0], float(np.mean(tail)))
+
+
+def _figures(folder, dataset, scores, grids, test, schemes, attack_names) -> None:
+  for metric, label, limits in (("ssim", "SSIM against plain", (-0.5, 1.0)),
+                                ("psnr", "PSNR against plain (dB)", None)):
+    groups = {scheme: {name: per[metric] for name, per in scores[scheme].items()}
+              for scheme in schemes}
+    figures.box_plot(groups, os.path.join(folder, f"{metric}_box.png"), label,
+                     f"{dataset}: {label} of encrypted images and attack "
+                     "results", ylim=limits)
+  columns = ["plain"] + _result_names(attack_names)
+  for example, per_scheme in grids.items():
+    rows = [[test.images[example]] + [per_scheme.get(scheme, {}).get(c)
+                                      for c in columns[1:]]
+            for scheme in schemes]
+    figures.image_grid(
+        rows, list(schemes), columns,
+        os.path.join(folder, f"examples_{int(test.indices[example])}.png"),
+        f"{dataset} {test.split} image {int(test.indices[example])}")

@@ -1,0 +1,134 @@
+"""GAN-Attack: unpaired translation from encrypted to plain images.
+
+The adversary sees images encrypted with the secret key (one half of the
+training set, as a cloud does) and has plain images of the same
+distribution (the other half), but no pairs. It trains a CycleGAN (Zhu et
+al. 2017) with least-squares adversarial losses: generators G (encrypted ->
+plain) and F (plain -> encrypted), PatchGAN discriminators for each
+domain, and cycle-consistency F(G(e)) ~ e, G(F(p)) ~ p that keeps G from
+ignoring its input. G is then applied to the attacked images.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Dict, List, Tuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import tqdm
+
+from etcjax.evaluation import visual_metrics
+from etcjax.evaluation.attacks import networks
+from etcjax.evaluation.attacks import threat_model
+
+CYCLE_WEIGHT = 10.0  # CycleGAN's lambda.
+
+
+def _mse(x, target):
+  return jnp.mean((x - target) ** 2)
+
+
+@functools.lru_cache(maxsize=8)
+def _trainer(generator: networks.UNet,
+             discriminator: networks.PatchDiscriminator, learning_rate: float):
+  """(optimizer, jitted train step), built once per networks and rate."""
+  # CycleGAN's Adam settings.
+  tx = optax.adam(learning_rate, b1=0.5)
+
+  def generator_loss(g_params, d_params, encrypted, plain):
+    fake_plain = generator.apply({"params": g_params["to_plain"]}, encrypted)
+    fake_enc = generator.apply({"params": g_params["to_encrypted"]}, plain)
+    back_enc = generator.apply({"params": g_params["to_encrypted"]}, fake_plain)
+    back_plain = generator.apply({"params": g_params["to_plain"]}, fake_enc)
+    adversarial = (
+        _mse(discriminator.apply({"params": d_params["plain"]}, fake_plain), 1.0)
+        + _mse(discriminator.apply({"params": d_params["encrypted"]}, fake_enc), 1.0))
+    cycle = (jnp.mean(jnp.abs(back_enc - encrypted))
+             + jnp.mean(jnp.abs(back_plain - plain)))
+    return adversarial + CYCLE_WEIGHT * cycle, (fake_plain, fake_enc, cycle)
+
+  def discriminator_loss(d_params, real_plain, fake_plain, real_enc, fake_enc):
+    def one(params, real, fake):
+      return 0.5 * (_mse(discriminator.apply({"params": params}, real), 1.0)
+                    + _mse(discriminator.apply({"params": params},
+                                               jax.lax.stop_gradient(fake)), 0.0))
+    return (one(d_params["plain"], real_plain, fake_plain)
+            + one(d_params["encrypted"], real_enc, fake_enc))
+
+  @jax.jit
+  def step(state, encrypted_u8, plain_u8):
+    g_params, d_params, g_opt, d_opt = state
+    encrypted = networks.to_signed(encrypted_u8)
+    plain = networks.to_signed(plain_u8)
+    (g_loss, (fake_plain, fake_enc, cycle)), g_grads = jax.value_and_grad(
+        generator_loss, has_aux=True)(g_params, d_params, encrypted, plain)
+    updates, g_opt = tx.update(g_grads, g_opt, g_params)
+    g_params = optax.apply_updates(g_params, updates)
+    d_loss, d_grads = jax.value_and_grad(discriminator_loss)(
+        d_params, plain, fake_plain, encrypted, fake_enc)
+    updates, d_opt = tx.update(d_grads, d_opt, d_params)
+    d_params = optax.apply_updates(d_params, updates)
+    metrics = {"generator": g_loss, "discriminator": d_loss, "cycle": cycle}
+    return (g_params, d_params, g_opt, d_opt), metrics
+
+  return tx, step
+
+
+def train(context: threat_model.AttackContext
+          ) -> Tuple[networks.UNet, Dict, List[Dict[str, float]]]:
+  """Trains the CycleGAN on the unpaired halves.
+
+  Args:
+    context: the attack context: `public_encrypted` (secret-key images of
+      one half of the training set) and `public_plain` (plain images of the
+      other half).
+
+  Returns:
+    `(generator, params, history)`: the encrypted -> plain generator, its
+    parameters and every step's losses.
+  """
+  size = context.training
+  if len(context.public_encrypted) == 0 or len(context.public_plain) == 0:
+    raise ValueError("the GAN attack needs encrypted and plain training images")
+  rng = np.random.default_rng(context.seed)
+  widths = networks.widths(size.width, size.levels)
+  generator = networks.UNet(widths)
+  discriminator = networks.PatchDiscriminator(widths)
+  h, w, _ = context.image_shape
+  dummy = jnp.zeros((1, h, w, 3), jnp.float32)
+  keys = jax.random.split(jax.random.key(context.seed), 4)
+  g_params = {name: generator.init(k, dummy)["params"]
+              for name, k in zip(("to_plain", "to_encrypted"), keys[:2])}
+  d_params = {name: discriminator.init(k, dummy)["params"]
+              for name, k in zip(("plain", "encrypted"), keys[2:])}
+  tx, step = _trainer(generator, discriminator, size.learning_rate)
+  state = (g_params, d_params, tx.init(g_params), tx.init(d_params))
+  encrypted_pool = visual_metrics.as_rgb(context.public_encrypted,
+                                         context.representation)
+  history = []
+  for _ in tqdm.trange(size.steps, desc=f"GAN {context.scheme}", leave=False,
+                       disable=not context.progress):
+    enc = encrypted_pool[rng.integers(len(encrypted_pool), size=size.batch_size)]
+    plain = context.public_plain[
+        rng.integers(len(context.public_plain), size=size.batch_size)]
+    state, metrics = step(state, enc, plain)
+    history.append({k: float(v) for k, v in metrics.items()})
+  return generator, state[0]["to_plain"], history
+
+
+def run(context: threat_model.AttackContext
+        ) -> Tuple[np.ndarray, List[Dict[str, float]]]:
+  """Trains the GAN and translates the attacked images.
+
+  Args:
+    context: the attack context.
+
+  Returns:
+    `(reconstructions, history)`: uint8 `[N, H, W, 3]` and training losses.
+  """
+  generator, params, history = train(context)
+  attacked = visual_metrics.as_rgb(context.encrypted, context.representation)
+  return networks.predict(generator, params, attacked), history

@@ -1,0 +1,142 @@
+"""ITN-Attack: an inverse transformation network trained on other keys.
+
+The adversary knows the algorithm, so it can encrypt plain images of the
+data distribution itself, with keys of its own. It trains a network
+(`networks.UNet`) to map (encrypted, plain) pairs made with many random
+keys back to the plain images, then applies it to images encrypted with the
+secret key. It succeeds where the scheme leaves structure that does not
+depend on the key (e.g. LE's common-key in-block transform of 4x4 blocks
+still keeps each block's content in place); it fails where key-dependent
+choices look alike for every key (EtC's block scrambling).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+from typing import List, Tuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import tqdm
+
+from etcjax import encryption
+from etcjax.evaluation import visual_metrics
+from etcjax.evaluation.attacks import networks
+from etcjax.evaluation.attacks import threat_model
+
+
+def attacker_keys(seed: int, count: int) -> List[bytes]:
+  """The adversary's own keys (not secrets: derived from a seed).
+
+  Args:
+    seed: seed of the attack.
+    count: number of keys.
+
+  Returns:
+    `count` distinct 32-byte keys.
+  """
+  return [hashlib.sha256(f"etcjax attacker key {seed}/{i}".encode()).digest()
+          for i in range(count)]
+
+
+class KeyPool:
+  """Encrypts batches with a randomly chosen attacker key per image."""
+
+  def __init__(self, context: threat_model.AttackContext, keys: List[bytes]):
+    # PE with per-image keys is PE with a different key per image: the
+    # attacker's keys already differ per image.
+    scheme = "pe" if context.scheme == "pe_per_image" else context.scheme
+    built = [encryption.make_plan(key, scheme, context.image_shape,
+                                  context.block_size, context.steps)
+             for key in keys]
+    self._template = built[0]
+    self._gather = np.stack([p.gather for p in built])
+    self._xor = np.stack([p.xor for p in built])
+    self._ungather = np.stack([p.ungather for p in built])
+    self._representation = context.representation
+
+  def encrypt(self, images: np.ndarray, key_index: np.ndarray) -> np.ndarray:
+    """Encrypts image i with key `key_index[i]`; returns RGB views.
+
+    Args:
+      images: uint8 `[n, H, W, 3]`.
+      key_index: int `[n]`, indices into the pool.
+
+    Returns:
+      uint8 `[n, H, W, 3]`: the encrypted images as `visual_metrics.as_rgb`
+      shows them.
+    """
+    plan = dataclasses.replace(
+        self._template, gather=self._gather[key_index],
+        xor=self._xor[key_index], ungather=self._ungather[key_index],
+        fingerprint="attacker-key-pool")
+    encrypted = np.asarray(encryption.apply(plan, images))
+    return visual_metrics.as_rgb(encrypted, self._representation)
+
+
+@functools.lru_cache(maxsize=8)
+def _trainer(module: networks.UNet, learning_rate: float):
+  """(optimizer, jitted train step), built once per network and rate."""
+  tx = optax.adam(learning_rate)
+
+  @jax.jit
+  def step(params, opt_state, encrypted, plain):
+    def loss_fn(p):
+      out = module.apply({"params": p}, networks.to_signed(encrypted))
+      return jnp.mean(jnp.abs(out - networks.to_signed(plain)))
+    loss, grads = jax.value_and_grad(loss_fn)(params)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state, loss
+
+  return tx, step
+
+
+def train(context: threat_model.AttackContext) -> Tuple[networks.UNet, dict, List[float]]:
+  """Trains the inverse transformation network.
+
+  Args:
+    context: the attack context (its `training` size and `public_plain`
+      images are used; never the secret key).
+
+  Returns:
+    `(module, params, losses)`: the network, its parameters and the L1
+    training loss of every step.
+  """
+  size = context.training
+  rng = np.random.default_rng(context.seed)
+  pool = KeyPool(context, attacker_keys(context.seed, size.num_keys))
+  module = networks.UNet(networks.widths(size.width, size.levels))
+  h, w, _ = context.image_shape
+  params = module.init(jax.random.key(context.seed),
+                       jnp.zeros((1, h, w, 3), jnp.float32))["params"]
+  tx, step = _trainer(module, size.learning_rate)
+  opt_state = tx.init(params)
+  losses = []
+  plain_pool = context.public_plain
+  for _ in tqdm.trange(size.steps, desc=f"ITN {context.scheme}", leave=False,
+                       disable=not context.progress):
+    idx = rng.integers(len(plain_pool), size=size.batch_size)
+    plain = plain_pool[idx]
+    encrypted = pool.encrypt(plain, rng.integers(size.num_keys, size=size.batch_size))
+    params, opt_state, loss = step(params, opt_state, encrypted, plain)
+    losses.append(float(loss))
+  return module, params, losses
+
+
+def run(context: threat_model.AttackContext) -> Tuple[np.ndarray, List[float]]:
+  """Trains the ITN and applies it to the attacked images.
+
+  Args:
+    context: the attack context.
+
+  Returns:
+    `(reconstructions, losses)`: uint8 `[N, H, W, 3]` and the training
+    losses.
+  """
+  module, params, losses = train(context)
+  attacked = visual_metrics.as_rgb(context.encrypted, context.representation)
+  return networks.predict(module, params, attacked), losses

@@ -1,0 +1,438 @@
+"""Training and evaluation loop: one code path for a CPU, a TPU host or a pod.
+
+Every process runs this same function. Each feeds its share of every
+global batch; jitted steps see global arrays sharded over all devices
+(`sharding.py`). State is checkpointed asynchronously and a restarted run
+continues from the latest checkpoint exactly as if it had not stopped: the
+step's randomness is `fold_in(seed, step)` and the input pipeline restarts
+at the checkpoint's step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import signal
+import time
+from typing import Any, Dict, Optional, Tuple
+
+from absl import logging
+from etils import epath
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from etcjax import encryption
+from etcjax import models
+from etcjax.data import pipeline
+from etcjax.training import checkpointing
+from etcjax.training import export as export_lib
+from etcjax.training import metrics as metrics_lib
+from etcjax.training import optimizers
+from etcjax.training import sharding
+from etcjax.training import steps
+
+CONFIG_FILE = "config.json"
+
+
+class NonFiniteLossError(FloatingPointError):
+  """Raised when the training loss or gradients become NaN or infinite."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Encryption:
+  """How the images the model sees are encrypted (no key material).
+
+  Attributes:
+    scheme: scheme name, or None for plain images.
+    block_size: block size, or None for plain images.
+    fingerprint: the key's fingerprint, or None for plain images.
+    plan: the plan of on-the-fly encryption, else None.
+    on_device: the train/eval steps apply `plan`; False when the input
+      pipeline encrypts on the host (JPEG-compressed encrypted images),
+      for datasets encrypted on disk and for plain images.
+    input_shape: `(H, W, C)` of the images the model sees.
+  """
+
+  scheme: Optional[str]
+  block_size: Optional[int]
+  fingerprint: Optional[str]
+  plan: Optional[encryption.Plan]
+  on_device: bool
+  input_shape: Tuple[int, int, int]
+
+
+def _load_key(config: ml_collections.ConfigDict) -> bytes:
+  enc = config.encryption
+  if enc.key_file:
+    return encryption.load_key(enc.key_file)
+  if enc.allow_ephemeral_key and not enc.fingerprint:
+    key = encryption.generate_key()
+    logging.warning(
+        "No config.encryption.key_file: encrypting with a random key held in "
+        "memory only (fingerprint %s). It is never written, so the trained "
+        "model can only classify images already encrypted with it.",
+        encryption.fingerprint(key))
+    return key
+  raise ValueError(
+      f"config.encryption.scheme={enc.scheme!r} with dataset "
+      f"{config.dataset!r} encrypts on the fly and needs "
+      "config.encryption.key_file (make one with `python -m etcjax.encrypt "
+      "keygen --key=PATH`), or train on a dataset encrypted on disk "
+      "(config.dataset='encrypted')")
+
+
+def setup_encryption(config: ml_collections.ConfigDict,
+                     info: pipeline.DatasetInfo) -> Encryption:
+  """Resolves the run's encryption from the config and the dataset.
+
+  Args:
+    config: the training config.
+    info: the dataset's `DatasetInfo`.
+
+  Returns:
+    The run's `Encryption`. For on-the-fly encryption it holds the plan;
+    the key is loaded, used to make the plan and dropped.
+
+  Raises:
+    ValueError, KeyMismatchError: inconsistent config, wrong key.
+  """
+  enc = config.encryption
+  if info.encrypted_on_disk:
+    manifest = info.manifest
+    return Encryption(manifest["scheme"], manifest["block_size"],
+                      manifest["key_fingerprint"], None, False,
+                      tuple(info.image_shape))
+  if not enc.scheme:
+    if enc.key_file:
+      raise ValueError(
+          "config.encryption.key_file is set but config.encryption.scheme is "
+          "empty (plain images); set a scheme, e.g. "
+          "--config.encryption.scheme=etc, or drop the key file")
+    return Encryption(None, None, None, None, False, tuple(info.image_shape))
+  key = _load_key(config)
+  plan = pipeline.encryption_plan(config, key)
+  del key
+  if plan.per_image:
+    raise ValueError(
+        f"scheme {enc.scheme!r} uses a key per image; training encrypts "
+        "batches with one plan. Use 'pe' or encrypt the dataset on disk")
+  return Encryption(plan.scheme, plan.block_size, plan.fingerprint, plan,
+                    not pipeline.host_encrypts(config),
+                    tuple(plan.encrypted_shape))
+
+
+def _total_steps(config: ml_collections.ConfigDict, num_train: int) -> int:
+  if config.total_steps > 0:
+    return int(config.total_steps)
+  if config.num_epochs <= 0:
+    raise ValueError(
+        "set config.total_steps > 0 or config.num_epochs > 0 (got "
+        f"{config.total_steps} and {config.num_epochs})")
+  return max(1, math.ceil(config.num_epochs * num_train / config.batch_size))
+
+
+def _check_finite(values: Dict[str, float], step: int,
+                  checkpoints: checkpointing.Checkpoints) -> None:
+  bad = {k: v for k, v in values.items() if not math.isfinite(v)}
+  if bad:
+    last = checkpoints.latest_step()
+    raise NonFiniteLossError(
+        f"training diverged at step {step}: "
+        + ", ".join(f"{k} is {v}" for k, v in sorted(bad.items()))
+        + f". Stopped; the last checkpoint is "
+        + (f"step {last} in {checkpoints.directory}" if last is not None
+           else "none")
+        + ". Lower config.optim.learning_rate, set "
+        "config.optim.grad_clip_norm, or check the input data, then start "
+        "again in a new workdir.")
+
+
+class _Preemption:
+  """Turns SIGTERM into a flag checked between steps (single process only).
+
+  Multi-host runs rely on orbax's preemption sync point instead: hosts
+  receive the signal at different steps and must agree on where to stop.
+  """
+
+  def __init__(self):
+    self.requested = False
+    self._previous = None
+    if jax.process_count() == 1:
+      try:
+        self._previous = signal.signal(signal.SIGTERM, self._handle)
+      except ValueError:  # Not the main thread: leave signals alone.
+        self._previous = None
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    self.requested = True
+
+  def restore(self):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+
+
+def _init_model(config, num_classes: int, input_shape, mesh, tx):
+  """The module and a jitted initialiser of a sharded TrainState."""
+  if input_shape[0] != input_shape[1] or input_shape[2] != 3:
+    raise ValueError(
+        f"the model would see images of shape {tuple(input_shape)}, but the "
+        "models take square RGB images (grayscale-based EtC, 'etc_gray', "
+        "is for compression studies, not training)")
+  module = models.build(config.model, num_classes,
+                        **config.model_kwargs.to_dict())
+
+  def init(rng):
+    variables = models.init_variables(module, input_shape[0], rng)
+    return steps.TrainState.create(variables, tx)
+
+  return module, jax.jit(init, out_shardings=sharding.replicated(mesh))
+
+
+def _evaluate(state, eval_fn, plan, host_plan, config, info, mesh
+              ) -> Dict[str, float]:
+  """Runs the whole eval split once; sums are over all hosts' examples."""
+  local_batch = config.eval_batch_size // jax.process_count()
+  num_batches = math.ceil(info.num_eval / config.eval_batch_size)
+  it = pipeline.eval_iterator(config, jax.process_index(), jax.process_count(),
+                              plan=host_plan)
+  totals = None
+  for _ in range(num_batches):
+    local = next(it, None)
+    if local is None:
+      # This host ran out before the others: feed an all-padding batch so
+      # every host runs the same number of (collective) steps.
+      shape = (local_batch,) + tuple(info.image_shape)
+      local = {"image": np.zeros(shape, np.uint8),
+               "label": np.zeros((local_batch,), np.int32),
+               "mask": np.zeros((local_batch,), bool)}
+    out = eval_fn(state, sharding.global_batch(local, mesh), plan)
+    totals = out if totals is None else jax.tree.map(jnp.add, totals, out)
+  if next(it, None) is not None:
+    raise RuntimeError(
+        f"the eval pipeline yielded more than {num_batches} batches of "
+        f"{local_batch} for {info.num_eval} eval examples on "
+        f"{jax.process_count()} process(es)")
+  totals = {k: float(v) for k, v in jax.device_get(totals).items()}
+  if int(totals["count"]) != info.num_eval:
+    raise RuntimeError(
+        f"evaluated {int(totals['count'])} examples but the eval split has "
+        f"{info.num_eval}; the eval pipeline must yield each example exactly "
+        "once over all hosts (mask marks padding)")
+  return {"accuracy": totals["correct"] / totals["count"],
+          "loss": totals["loss"] / totals["count"], "count": totals["count"]}
+
+
+def _written_config(config: ml_collections.ConfigDict,
+                    enc: Encryption) -> str:
+  # The key file path is not secret and the key is never in the config;
+  # record the fingerprint actually used.
+  config = ml_collections.ConfigDict(config.to_dict())
+  config.encryption.fingerprint = enc.fingerprint or ""
+  return config.to_json_best_effort(indent=2, sort_keys=True) + "\n"
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict,
+                       workdir: str) -> Optional[Dict[str, Any]]:
+  """Trains, evaluates, checkpoints and exports a model.
+
+  Resumes from the latest checkpoint in `workdir/checkpoints` if any. At
+  the end writes `workdir/export/` (see `export.py`) and
+  `workdir/results.json`.
+
+  Args:
+    config: a training config (see `default_config.py`).
+    workdir: the run's directory (local or gs://), shared by all hosts.
+
+  Returns:
+    The results dict written to results.json, or None when the run stopped
+    early (preemption signal or `config.halt_after_step`) after saving a
+    checkpoint to resume from.
+
+  Raises:
+    NonFiniteLossError: the loss or gradients became NaN/inf.
+    ValueError, FileNotFoundError, KeyMismatchError: bad config, missing
+      data, wrong key or a workdir of another run.
+  """
+  workdir = epath.Path(workdir)
+  if jax.process_index() == 0:
+    workdir.mkdir(parents=True, exist_ok=True)
+  info = pipeline.dataset_info(config)
+  enc = setup_encryption(config, info)
+  mesh = sharding.make_mesh()
+  sharding.check_batch_size(config.batch_size, "batch_size")
+  sharding.check_batch_size(config.eval_batch_size, "eval_batch_size")
+  if config.compute_dtype not in steps.COMPUTE_DTYPES:
+    raise ValueError(
+        f"config.compute_dtype must be one of {sorted(steps.COMPUTE_DTYPES)}, "
+        f"got {config.compute_dtype!r}")
+
+  total_steps = _total_steps(config, info.num_train)
+  steps_per_epoch = info.num_train / config.batch_size
+  schedule = optimizers.make_schedule(config, total_steps)
+  tx = optimizers.make_optimizer(config, total_steps)
+  module, init = _init_model(config, info.num_classes, enc.input_shape, mesh,
+                             tx)
+  init_rng, train_rng = jax.random.split(jax.random.key(config.seed))
+
+  record = {
+      "config_name": config.name, "model": config.model,
+      "model_kwargs": config.model_kwargs.to_dict(),
+      "num_classes": info.num_classes, "input_shape": list(enc.input_shape),
+      "scheme": enc.scheme, "block_size": enc.block_size,
+      "key_fingerprint": enc.fingerprint,
+  }
+  checkpoints = checkpointing.Checkpoints(
+      workdir / "checkpoints", config.checkpoint_every_steps,
+      config.keep_checkpoints, config.async_checkpointing)
+  state, start_step = checkpoints.restore_latest(
+      jax.eval_shape(init, init_rng), record)
+  if state is None:
+    state, start_step = init(init_rng), 0
+    if config.pretrained_path:
+      params = models.load_pretrained(config.pretrained_path,
+                                      jax.device_get(state.params),
+                                      config.model)
+      state = state.replace(params=sharding.replicate(params, mesh))
+  if jax.process_index() == 0:
+    (workdir / CONFIG_FILE).write_text(_written_config(config, enc))
+  logging.info(
+      "%s: model %s on %s images %s, %d train / %d eval examples, %d steps "
+      "of %d (%.2f epochs) on %d devices / %d processes, from step %d",
+      config.name, config.model, enc.scheme or "plain", enc.input_shape,
+      info.num_train, info.num_eval, total_steps, config.batch_size,
+      total_steps / steps_per_epoch, jax.device_count(), jax.process_count(),
+      start_step)
+
+  aug = config.augment
+  options = steps.StepOptions(
+      num_classes=info.num_classes, encrypt=enc.on_device,
+      label_smoothing=aug.label_smoothing, mixup_alpha=aug.mixup_alpha,
+      cutmix_alpha=aug.cutmix_alpha, mix_prob=aug.mix_prob,
+      switch_prob=aug.switch_prob, compute_dtype=config.compute_dtype)
+  replicated = sharding.replicated(mesh)
+  train_fn = jax.jit(
+      functools.partial(steps.train_step, rng=train_rng, model=module, tx=tx,
+                        schedule=schedule, options=options),
+      out_shardings=(replicated, replicated), donate_argnums=0)
+  eval_fn = jax.jit(
+      functools.partial(steps.eval_step, model=module, options=options),
+      out_shardings=replicated)
+  plan = sharding.replicate(enc.plan, mesh) if enc.on_device else None
+  # The pipeline encrypts on the host (JPEG path) with the same plan.
+  host_plan = enc.plan if enc.plan is not None and not enc.on_device else None
+
+  writer = metrics_lib.MetricWriter(workdir, total_steps, steps_per_epoch)
+  throughput = metrics_lib.Throughput(config.batch_size, total_steps)
+  preemption = _Preemption()
+  eval_values = None
+  train_start = time.perf_counter()
+  try:
+    train_iter = pipeline.train_iterator(
+        config, start_step=start_step, process_index=jax.process_index(),
+        process_count=jax.process_count(), plan=host_plan)
+    sums, count, previous = {}, 0, None
+    for step in range(start_step, total_steps):
+      batch = sharding.global_batch(next(train_iter), mesh)
+      state, step_metrics = train_fn(state, batch, plan=plan)
+      # Read the previous step's metrics while this one runs: the host never
+      # stalls the device, and divergence is caught one step late at most.
+      if previous is not None:
+        values = jax.device_get(previous)
+        _check_finite(values, step, checkpoints)
+        for k, v in values.items():
+          sums[k] = sums.get(k, 0.0) + float(v)
+        count += 1
+      previous = step_metrics
+      done = step + 1
+      halt = (done == config.halt_after_step or preemption.requested
+              or checkpoints.reached_preemption(done))
+      log_now = done % config.log_every_steps == 0 or done == total_steps
+      eval_now = (done == total_steps or (
+          config.eval_every_steps and done % config.eval_every_steps == 0))
+      save_now = halt or done == total_steps or checkpoints.due(done)
+      if log_now or eval_now or save_now:
+        # Never save, log or evaluate a diverged state.
+        values = jax.device_get(previous)
+        _check_finite(values, done, checkpoints)
+        for k, v in values.items():
+          sums[k] = sums.get(k, 0.0) + float(v)
+        count, previous = count + 1, None
+      throughput.update(done)
+      if log_now:
+        writer.train(done, {k: v / count for k, v in sums.items()}, throughput)
+        sums, count = {}, 0
+      if save_now:
+        checkpoints.save(done, state, record, force=True)
+      if eval_now:
+        eval_values = _evaluate(state, eval_fn, plan, host_plan, config,
+                                info, mesh)
+        writer.eval(done, eval_values)
+      if halt and done < total_steps:
+        checkpoints.wait()
+        logging.warning(
+            "Stopped at step %d/%d (%s) after saving a checkpoint; run the "
+            "same command again to resume.", done, total_steps,
+            "preemption" if done != config.halt_after_step
+            else "config.halt_after_step")
+        return None
+    train_time = time.perf_counter() - train_start
+    checkpoints.wait()
+    if eval_values is None:  # Resumed at the end: evaluate the final state.
+      eval_values = _evaluate(state, eval_fn, plan, host_plan, config,
+                                info, mesh)
+      writer.eval(total_steps, eval_values)
+  finally:
+    preemption.restore()
+    writer.close()
+    checkpoints.close()
+
+  export_info = {
+      "config_name": config.name, "model": config.model,
+      "model_kwargs": config.model_kwargs.to_dict(),
+      "num_classes": info.num_classes,
+      "label_names": list(info.label_names),
+      "image_shape": [config.image_size, config.image_size, 3],
+      "input_shape": list(enc.input_shape), "scheme": enc.scheme,
+      "block_size": enc.block_size, "key_fingerprint": enc.fingerprint,
+      "jpeg_quality": _jpeg_quality(config, info),
+      "train_steps": total_steps, "eval_accuracy": eval_values["accuracy"],
+  }
+  export_lib.save(workdir / "export", state.variables(), export_info)
+  results = {
+      "config_name": config.name,
+      "model": config.model,
+      "model_kwargs": config.model_kwargs.to_dict(),
+      "dataset": config.dataset,
+      "scheme": enc.scheme,
+      "key_fingerprint": enc.fingerprint,
+      "eval_accuracy": eval_values["accuracy"],
+      "eval_loss": eval_values["loss"],
+      "eval_examples": int(eval_values["count"]),
+      "steps": total_steps,
+      "epochs": total_steps / steps_per_epoch,
+      "images_per_second": _finite_or_none(throughput.images_per_second),
+      "train_seconds_this_run": train_time,
+      "resumed_from_step": start_step,
+      "devices": jax.device_count(),
+      "processes": jax.process_count(),
+  }
+  metrics_lib.write_results(workdir, results)
+  logging.info("Done: eval accuracy %.4f after %d steps; results in %s",
+               eval_values["accuracy"], total_steps,
+               workdir / metrics_lib.RESULTS_FILE)
+  return results
+
+
+def _finite_or_none(value: float) -> Optional[float]:
+  return value if math.isfinite(value) else None
+
+
+def _jpeg_quality(config: ml_collections.ConfigDict,
+                  info: pipeline.DatasetInfo) -> Optional[int]:
+  if info.encrypted_on_disk:
+    return info.manifest.get("jpeg_quality")
+  return config.encryption.jpeg_quality

@@ -1,0 +1,108 @@
+"""The attacks and visual-information tasks on real data, and the CLI."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from etcjax import evaluate
+from etcjax.evaluation import attack_suite
+from etcjax.evaluation import tables
+from etcjax.evaluation import visual_information
+
+KEY = bytes(range(32))
+
+
+def test_attack_suite_smoke_on_cifar10(tfds_data_dir, tmp_path):
+  path = attack_suite.run(
+      "cifar10", KEY, str(tmp_path), size="smoke",
+      schemes=["etc", "le", "pe"],
+      attack_names=["brute_force", "fr", "fr_advanced", "jigsaw"],
+      data_dir=tfds_data_dir, test_limit=48, jigsaw_limit=48, progress=False)
+  names = set(os.listdir(path))
+  assert {"ssim_psnr.csv", "ssim_psnr.md", "jigsaw.md", "brute_force.md",
+          "ssim_box.png", "psnr_box.png", "per_image.csv",
+          "meta.json"} <= names
+  assert any(n.startswith("examples_") for n in names)
+  columns, rows = tables.read_csv(os.path.join(path, "ssim_psnr.csv"))
+  by = {(r["scheme"], r["attack"]): r for r in rows}
+  assert by[("le", "jigsaw")]["verdict"] == "n/a"
+  assert by[("pe", "fr_advanced")]["images"] == "48"
+  # Folding undoes PE's inversions: more structure than the encrypted image.
+  assert float(by[("pe", "fr")]["SSIM mean"]) > float(
+      by[("pe", "encrypted")]["SSIM mean"]) + 0.1
+  _, jig = tables.read_csv(os.path.join(path, "jigsaw.csv"))
+  etc = [r for r in jig if r["scheme"] == "etc"][0]
+  # 4 blocks of 16x16: the solver gets CIFAR-10 EtC right up to a global
+  # transform almost always.
+  assert float(etc["right place up to global rotation/flip"]) > 0.8
+  meta = json.load(open(os.path.join(path, "meta.json")))
+  assert meta["key_fingerprint"] and KEY.hex() not in json.dumps(meta)
+
+
+def test_visual_information_smoke_on_cifar10(tfds_data_dir, tmp_path):
+  path = visual_information.run("cifar10", KEY, str(tmp_path), limit=32,
+                                schemes=["pe", "etc"], data_dir=tfds_data_dir,
+                                progress=False)
+  _, rows = tables.read_csv(os.path.join(path, "visual_information.csv"))
+  assert [r["scheme"] for r in rows] == ["pe", "etc"]
+  for r in rows:
+    assert 0 < float(r["LPIPS mean"]) and float(r["SSIM mean"]) < 0.3
+  assert os.path.exists(os.path.join(path, "visual_information.png"))
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["attacks", "--attacks=sudoku"], "unknown attack 'sudoku'; known attacks"),
+    (["attacks", "--attacks=jigsaw", "--schemes=pe,le"],
+     "'jigsaw' does not apply to scheme 'pe'"),
+    (["attacks", "--schemes=rot13"], "unknown scheme 'rot13'; known schemes"),
+    (["visual", "--datasets=mnist"], "unknown dataset 'mnist'"),
+    (["compressibility", "--datasets=imagenette"], "needs --imagenette_dir"),
+    (["compressibility", "--codecs=webp"], "unknown codecs"),
+    (["brute_force", "--image_sizes=30"], "not a multiple of the block size"),
+    (["report"], "no completed evaluation results"),
+])
+def test_cli_reports_bad_input_clearly(tmp_path, capsys, argv, message):
+  assert evaluate.main(argv + [f"--out={tmp_path}"]) == 1
+  assert message in capsys.readouterr().err
+  assert not [p for p in os.listdir(tmp_path) if p != "report.md"]
+
+
+def test_cli_missing_tfds_data_dir(tmp_path, capsys):
+  code = evaluate.main(["visual", f"--out={tmp_path}",
+                        f"--data_dir={tmp_path / 'nowhere'}", "--no_progress"])
+  assert code == 1
+  assert "not prepared" in capsys.readouterr().err
+
+
+def test_cli_brute_force_and_report(tmp_path, capsys):
+  assert evaluate.main(["brute_force", f"--out={tmp_path}"]) == 0
+  assert evaluate.main(["report", f"--out={tmp_path}"]) == 0
+  text = open(tmp_path / "report.md").read()
+  assert "Brute force" in text and "FEASIBLE" in text
+  assert evaluate.main(["brute_force", f"--out={tmp_path}"]) == 1
+  assert "--overwrite" in capsys.readouterr().err
+
+
+def test_cli_usage_errors_exit_2(tmp_path):
+  with pytest.raises(SystemExit) as e:
+    evaluate.main(["attacks", "--size=huge", f"--out={tmp_path}"])
+  assert e.value.code == 2
+
+
+@pytest.mark.slow
+def test_cli_all_smoke_with_every_attack(data_dir, tfds_data_dir,
+                                         imagenette_dir, tmp_path):
+  code = evaluate.main([
+      "all", "--size=smoke", f"--out={tmp_path}", f"--data_dir={tfds_data_dir}",
+      f"--imagenette_dir={imagenette_dir}", "--datasets=cifar10,imagenette",
+      "--no_progress"])
+  assert code == 0
+  text = open(tmp_path / "report.md").read()
+  for section in ("compressibility / cifar10", "visual / imagenette",
+                  "attacks / cifar10", "attacks / imagenette", "brute_force"):
+    assert section in text
+  _, rows = tables.read_csv(str(tmp_path / "attacks" / "cifar10" / "ssim_psnr.csv"))
+  attacks = {r["attack"] for r in rows if r["verdict"] != "n/a"}
+  assert {"fr", "fr_advanced", "gan", "itn", "jigsaw"} <= attacks

@@ -1,0 +1,127 @@
+"""The pure train/eval steps on a tiny model and a synthetic task."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from etcjax import encryption
+from etcjax.training import default_config
+from etcjax.training import optimizers
+from etcjax.training import steps
+from training import tiny_model
+
+
+@functools.lru_cache(maxsize=None)  # Compile each variant once.
+def _setup(encrypt=False, compute_dtype="float32", mixup=0.0, batch_norm=True,
+           lr=0.01):
+  config = default_config.get_default_config()
+  config.optim.update(name="adamw", schedule="constant", learning_rate=lr)
+  tx = optimizers.make_optimizer(config, 100)
+  model = tiny_model.TinyNet(batch_norm=batch_norm)
+  state = steps.TrainState.create(tiny_model.init_variables(model), tx)
+  options = steps.StepOptions(num_classes=4, encrypt=encrypt,
+                              mixup_alpha=mixup, cutmix_alpha=mixup,
+                              compute_dtype=compute_dtype)
+  train = jax.jit(functools.partial(
+      steps.train_step, model=model, tx=tx,
+      schedule=optimizers.make_schedule(config, 100), options=options))
+  evaluate = jax.jit(functools.partial(steps.eval_step, model=model,
+                                       options=options))
+  return state, train, evaluate
+
+
+def test_training_reduces_loss_and_learns():
+  state, train, evaluate = _setup()
+  rng = jax.random.key(0)
+  losses = []
+  for i in range(40):
+    state, metrics = train(state, tiny_model.synthetic_batch(i, 32), rng, None)
+    losses.append(float(metrics["loss"]))
+  assert np.mean(losses[-10:]) < 0.5 * np.mean(losses[:5])
+  batch = tiny_model.synthetic_batch(1000, 64)
+  batch["mask"] = np.ones(64, bool)
+  out = evaluate(state, batch, None)
+  assert float(out["correct"]) / float(out["count"]) > 0.9
+  assert int(state.step) == 40
+
+
+def test_step_metrics_and_batch_stats():
+  state, train, _ = _setup(mixup=0.5)
+  new_state, metrics = train(state, tiny_model.synthetic_batch(0, 8),
+                             jax.random.key(0), None)
+  assert set(metrics) == {"loss", "accuracy", "grad_norm", "learning_rate"}
+  assert all(v.dtype == jnp.float32 and v.shape == () for v in metrics.values())
+  assert 0 <= float(metrics["accuracy"]) <= 1
+  np.testing.assert_allclose(float(metrics["learning_rate"]), 0.01)
+  old = jax.tree.leaves(state.batch_stats)
+  new = jax.tree.leaves(new_state.batch_stats)
+  assert all(n.dtype == jnp.float32 for n in new)
+  assert any(not np.allclose(o, n) for o, n in zip(old, new))
+
+
+def test_step_randomness_depends_on_step_only():
+  state, train, _ = _setup(mixup=1.0)
+  batch = tiny_model.synthetic_batch(0, 8)
+  a, ma = train(state, batch, jax.random.key(3), None)
+  b, mb = train(state, batch, jax.random.key(3), None)
+  c, mc = train(state, batch, jax.random.key(4), None)
+  assert float(ma["loss"]) == float(mb["loss"])
+  jax.tree.map(np.testing.assert_array_equal, a.params, b.params)
+  assert float(ma["loss"]) != float(mc["loss"])  # mixing draws changed
+
+
+def test_on_device_encryption_equals_pre_encrypted_images():
+  key = encryption.generate_key()
+  plan = encryption.make_plan(key, "etc", (16, 16, 3), 4)
+  batch = tiny_model.synthetic_batch(0, 8)
+  pre = dict(batch, image=np.asarray(encryption.apply(plan, batch["image"])))
+  assert not np.array_equal(pre["image"], batch["image"])
+  state, train_enc, eval_enc = _setup(encrypt=True)
+  _, train_plain, eval_plain = _setup(encrypt=False)
+  rng = jax.random.key(0)
+  a, ma = train_enc(state, batch, rng, plan)
+  b, mb = train_plain(state, pre, rng, None)
+  assert float(ma["loss"]) == float(mb["loss"])
+  jax.tree.map(np.testing.assert_array_equal, a.params, b.params)
+  # Without encryption the same plain batch gives another result.
+  _, mc = train_plain(state, batch, rng, None)
+  assert float(mc["loss"]) != float(ma["loss"])
+  mask = np.ones(8, bool)
+  ea = eval_enc(a, dict(batch, mask=mask), plan)
+  eb = eval_plain(a, dict(pre, mask=mask), None)
+  assert float(ea["loss"]) == float(eb["loss"])
+
+
+def test_eval_ignores_padding():
+  state, _, evaluate = _setup()
+  batch = tiny_model.synthetic_batch(0, 8)
+  mask = np.array([True] * 5 + [False] * 3)
+  out = evaluate(state, dict(batch, mask=mask), None)
+  first5 = {k: v[:5] for k, v in batch.items()}
+  ref = evaluate(state, dict(first5, mask=np.ones(5, bool)), None)
+  assert float(out["count"]) == 5
+  np.testing.assert_allclose(float(out["loss"]), float(ref["loss"]), rtol=1e-5)
+  assert float(out["correct"]) == float(ref["correct"])
+
+
+def test_bfloat16_compute_keeps_float32_state():
+  state, train, _ = _setup(compute_dtype="bfloat16")
+  new_state, metrics = train(state, tiny_model.synthetic_batch(0, 8),
+                             jax.random.key(0), None)
+  assert metrics["loss"].dtype == jnp.float32
+  for leaf in jax.tree.leaves((new_state.params, new_state.batch_stats)):
+    assert leaf.dtype == jnp.float32
+  _, f32_metrics = _setup()[1](state, tiny_model.synthetic_batch(0, 8),
+                               jax.random.key(0), None)
+  # Same computation at lower precision: close, not equal.
+  np.testing.assert_allclose(float(metrics["loss"]), float(f32_metrics["loss"]),
+                             rtol=0.05)
+  assert float(metrics["loss"]) != float(f32_metrics["loss"])
+
+
+def test_state_rejects_unknown_collections():
+  with pytest.raises(ValueError, match="collections \\['cache'\\]"):
+    steps.TrainState.create({"params": {}, "cache": {}}, None)
