@@ -28,6 +28,7 @@ import numpy as np
 
 from etcjax.models.depthwise_conv import DepthwiseConv
 from etcjax.models.patch_embedding import PatchEmbedding, check_images
+from etcjax.models.per_position_embedding import PerPositionPatchEmbedding
 
 # PyTorch's BatchNorm momentum 0.1 (weight of the new batch) is Flax's 0.9
 # (weight of the running value).
@@ -112,6 +113,9 @@ class ConvMixer(nn.Module):
       `etcjax.models.depthwise_conv.depthwise_conv2d` ('auto' picks the
       fast one for the backend; all give the same result).
     in_channels: channels of the input images.
+    per_position_embedding: one patch-embedding kernel per patch position
+      (`patch_embed/kernel` `[nb, P, P, C, D]`), a key-aware first layer for
+      EtC; see `per_position_embedding.py`.
     dtype: compute dtype; parameters and BatchNorm statistics stay float32.
   """
 
@@ -122,6 +126,7 @@ class ConvMixer(nn.Module):
   kernel_size: int = 9
   depthwise_method: str = "auto"
   in_channels: int = 3
+  per_position_embedding: bool = False
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -140,8 +145,10 @@ class ConvMixer(nn.Module):
     """
     check_images(images, patch_size=self.patch_size,
                  channels=self.in_channels, model="ConvMixer")
-    x = PatchEmbedding(self.dim, self.patch_size, dtype=self.dtype,
-                       name="patch_embed")(images)
+    embed = (PerPositionPatchEmbedding if self.per_position_embedding
+             else PatchEmbedding)
+    x = embed(self.dim, self.patch_size, dtype=self.dtype,
+              name="patch_embed")(images)
     x = nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM,
                      epsilon=BN_EPSILON, dtype=self.dtype, name="patch_norm")(
                          gelu(x))

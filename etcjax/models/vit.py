@@ -21,6 +21,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from etcjax.models.patch_embedding import PatchEmbedding, check_images
+from etcjax.models.per_position_embedding import PerPositionPatchEmbedding
 
 # Sizes from "An Image is Worth 16x16 Words" (Table 1); Ti and S from DeiT,
 # as published in vit_jax's AugReg checkpoints.
@@ -174,6 +175,9 @@ class VisionTransformer(nn.Module):
       branches (active only with `train=True`; needs a 'dropout' rng).
     attention_dropout_rate: dropout on attention weights.
     in_channels: channels of the input images.
+    per_position_embedding: one patch-embedding kernel per patch position
+      (`embedding/kernel` `[nb, P, P, C, D]`), a key-aware first layer for
+      the paper's EtC; see `per_position_embedding.py`.
     dtype: compute dtype (bfloat16 on TPU); parameters stay float32 and the
       logits are float32.
   """
@@ -188,6 +192,7 @@ class VisionTransformer(nn.Module):
   dropout_rate: float = 0.0
   attention_dropout_rate: float = 0.0
   in_channels: int = 3
+  per_position_embedding: bool = False
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -204,8 +209,10 @@ class VisionTransformer(nn.Module):
     """
     check_images(images, patch_size=self.patch_size,
                  channels=self.in_channels, model="ViT")
-    x = PatchEmbedding(self.hidden_size, self.patch_size, dtype=self.dtype,
-                       name="embedding")(images)
+    embed = (PerPositionPatchEmbedding if self.per_position_embedding
+             else PatchEmbedding)
+    x = embed(self.hidden_size, self.patch_size, dtype=self.dtype,
+              name="embedding")(images)
     n, h, w, d = x.shape
     x = x.reshape(n, h * w, d)
     cls = self.param("cls", nn.initializers.zeros, (1, 1, d), jnp.float32)

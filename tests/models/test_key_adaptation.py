@@ -124,3 +124,62 @@ def test_key_recovery_from_public_and_adapted_weights():
   images = np.random.default_rng(4).integers(0, 256, (2, 64, 64, 3), np.uint8)
   np.testing.assert_array_equal(
       encryption.invert(result.plan, encryption.apply(plan, images)), images)
+
+
+def test_per_position_embedding_shapes_and_shared_equivalence():
+  module, variables = models.create("ViT-Ti_16", 10, 64, num_layers=1)
+  variables = _random_params(variables)
+  pp_module, pp_shapes = models.create("ViT-Ti_16", 10, 64, num_layers=1,
+                                       per_position_embedding=True, init=False)
+  assert pp_shapes["params"]["embedding"]["kernel"].shape == (16, 16, 16, 3, 192)
+  assert pp_shapes["params"]["embedding"]["bias"].shape == (192,)
+  per_position = {"params": key_adaptation.to_per_position(
+      variables["params"], 16)}
+  jax.tree.map(lambda a, b: None if a.shape == b.shape else pytest.fail(
+      f"{a.shape} != {b.shape}"), per_position, pp_shapes)
+  images = np.random.default_rng(5).integers(0, 256, (2, 64, 64, 3), np.uint8)
+  np.testing.assert_allclose(pp_module.apply(per_position, _normalise(images)),
+                             module.apply(variables, _normalise(images)),
+                             rtol=1e-5, atol=1e-5)
+  # Another image size is refused with a clear error.
+  with pytest.raises(ValueError, match="per-position"):
+    pp_module.apply(per_position, jnp.zeros((1, 32, 32, 3)))
+
+
+def test_per_position_vit_absorbs_paper_etc_exactly():
+  """The paper's EtC (per-block transforms and scrambling) is absorbed."""
+  module, variables = models.create("ViT-Ti_16", 10, 64, num_layers=2)
+  variables = _random_params(variables)
+  pp_module = models.build("ViT-Ti_16", 10, num_layers=2,
+                           per_position_embedding=True)
+  plan = encryption.make_plan(KEY, "etc", (64, 64, 3), 16)
+  images = np.random.default_rng(6).integers(0, 256, (2, 64, 64, 3), np.uint8)
+  adapted = {"params": key_adaptation.adapt(
+      key_adaptation.to_per_position(variables["params"], 16), plan)}
+  np.testing.assert_allclose(
+      pp_module.apply(adapted, _normalise(encryption.apply(plan, images))),
+      module.apply(variables, _normalise(images)), rtol=1e-4, atol=1e-4)
+
+
+def test_per_position_convmixer_absorbs_etc_without_scrambling():
+  module, variables = models.create("ConvMixer-256/8", 10, 32, dim=16, depth=1,
+                                    patch_size=4, kernel_size=3)
+  variables = {"params": _random_params(variables["params"]),
+               "batch_stats": variables["batch_stats"]}
+  pp_module = models.build("ConvMixer-256/8", 10, dim=16, depth=1,
+                           patch_size=4, kernel_size=3,
+                           per_position_embedding=True)
+  plan = encryption.make_plan(KEY, "etc", (32, 32, 3), 4,
+                              steps=("rotate_flip", "negpos", "channel"))
+  images = np.random.default_rng(7).integers(0, 256, (2, 32, 32, 3), np.uint8)
+  adapted = dict(variables, params=key_adaptation.adapt(
+      key_adaptation.to_per_position(variables["params"], 64), plan))
+  np.testing.assert_allclose(
+      pp_module.apply(adapted, _normalise(encryption.apply(plan, images))),
+      module.apply(variables, _normalise(images)), rtol=1e-4, atol=1e-4)
+  # The shared kernel cannot, and scrambling is refused for convolutions.
+  with pytest.raises(key_adaptation.AdaptationError, match="per_position"):
+    key_adaptation.adapt(variables["params"], plan)
+  with pytest.raises(key_adaptation.AdaptationError, match="scrambling"):
+    key_adaptation.adapt(adapted["params"],
+                         encryption.make_plan(KEY, "etc", (32, 32, 3), 4))
