@@ -93,8 +93,9 @@ class Classifier:
           "--encrypted for images that are already encrypted")
     encryption.check_fingerprint(key, info["key_fingerprint"], "the model")
     _check_shape(images, info["image_shape"], "plain images")
-    plan = encryption.make_plan(key, info["scheme"],
-                                tuple(info["image_shape"]), info["block_size"])
+    # With the export's steps: a key-adapted ConvMixer, e.g., expects
+    # 'block_common' without block scrambling.
+    plan = export_lib.encryption_plan(info, key)
     encrypted_images = np.asarray(encryption.apply(plan, images))
     if info["jpeg_quality"] is not None:
       encrypted_images = jpeg.jpeg_round_trip(

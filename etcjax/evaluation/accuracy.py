@@ -147,8 +147,11 @@ def run(export_dir: str, out_dir: str, *, dataset: str,
           "images: pass --key_file with its key to encrypt the test set")
     encryption.check_fingerprint(key, info["key_fingerprint"],
                                  f"the model in {export_dir}")
+    # With the export's steps (e.g. a key-adapted ConvMixer's
+    # 'block_common' without scrambling).
     plan = encryption.make_plan(key, scheme, tuple(info["image_shape"]),
-                                info["block_size"])
+                                info["block_size"],
+                                steps=info.get("encryption_steps"))
   for q in qualities:
     if q is not None:
       if plan is not None:

@@ -76,6 +76,13 @@ def get_default_config() -> ml_collections.ConfigDict:
   config.model_kwargs = ml_collections.ConfigDict()
   # vit_jax .npz checkpoint to fine-tune from ('' = from scratch).
   config.pretrained_path = ""
+  # Key-adapt the initial parameters (pretrained, else the fresh init) to
+  # the run's encryption before training, so that the model starts out
+  # classifying encrypted images as it classified plain ones (ViT: scheme
+  # 'block_common' with block size = patch size; see
+  # etcjax.models.key_adaptation). An export adapted from public weights
+  # reveals the key; it is marked so and warned about.
+  config.adapt_pretrained = False
   # 'float32', or 'bfloat16' (TPU): compute in bfloat16, keep float32
   # parameters, optimizer state and loss.
   config.compute_dtype = "float32"

@@ -6,19 +6,27 @@
 
 `export.json` is written last, so an export without it is incomplete and
 `load` refuses it.
+
+Key-adapted exports (`python -m etcjax.adapt`, or training with
+`config.adapt_pretrained`) record how they were adapted under
+`adaptation`; one derived from public weights reveals the key to anyone who
+compares the two (see `etcjax.models.key_adaptation`), which `save` warns
+about and records.
 """
 
 from __future__ import annotations
 
 import functools
 import json
-from typing import Any, Dict, Tuple
+from typing import Any, Dict, Optional, Tuple
 
+from absl import logging
 from etils import epath
 import flax.linen as nn
 import jax
 import orbax.checkpoint as ocp
 
+from etcjax import encryption
 from etcjax import models
 from etcjax.training import metrics
 
@@ -44,6 +52,24 @@ FIELDS = (
     "eval_accuracy",     # final eval accuracy, or null
 )
 
+# Fields added later: optional in `save`, and read as these defaults from
+# exports that predate them.
+OPTIONAL_FIELDS = {
+    # The scheme's steps applied, e.g. ["pixel_shuffle", "negpos"]; null =
+    # all of them. Needed to encrypt as the model expects.
+    "encryption_steps": None,
+    # null, or how the model was key-adapted: {"method", "source",
+    # "from_public_weights", "per_position", "warning"} (never the key).
+    "adaptation": None,
+}
+
+PUBLIC_WEIGHTS_WARNING = (
+    "SECURITY: this model was key-adapted from public weights. Anyone holding "
+    "both recovers the in-block transform and the block order, i.e. the "
+    "effective key, by comparing the patch-embedding kernels and position "
+    "embeddings (python -m etcjax.adapt key_recovery shows it). Do not "
+    "publish it where the key must stay secret.")
+
 
 def save(directory: epath.PathLike, variables: Dict[str, Any],
          info: Dict[str, Any]) -> epath.Path:
@@ -56,7 +82,8 @@ def save(directory: epath.PathLike, variables: Dict[str, Any],
     directory: the export folder (usually `workdir/export`).
     variables: inference variables {'params': ..., ['batch_stats': ...]},
       jax arrays (replicated or host-local).
-    info: the fields of `FIELDS` except 'format'.
+    info: the fields of `FIELDS` except 'format', and optionally those of
+      `OPTIONAL_FIELDS`.
 
   Returns:
     The export folder.
@@ -64,11 +91,20 @@ def save(directory: epath.PathLike, variables: Dict[str, Any],
   Raises:
     ValueError: `info` misses fields or has unknown ones.
   """
-  info = dict(info, format=FORMAT)
-  if set(info) != set(FIELDS):
+  info = dict(OPTIONAL_FIELDS, **info, format=FORMAT)
+  known = set(FIELDS) | set(OPTIONAL_FIELDS)
+  if not set(FIELDS) <= set(info) <= known:
     raise ValueError(
-        f"export info fields differ from {FIELDS}: missing "
-        f"{sorted(set(FIELDS) - set(info))}, unknown {sorted(set(info) - set(FIELDS))}")
+        f"export info fields differ from {FIELDS} (+ optional "
+        f"{tuple(OPTIONAL_FIELDS)}): missing {sorted(set(FIELDS) - set(info))}"
+        f", unknown {sorted(set(info) - known)}")
+  adaptation = info["adaptation"]
+  if adaptation and adaptation.get("from_public_weights"):
+    adaptation = dict(adaptation, warning=PUBLIC_WEIGHTS_WARNING)
+    info["adaptation"] = adaptation
+    if jax.process_index() == 0:
+      logging.warning("Exporting to %s (adapted from %s). %s", directory,
+                      adaptation.get("source"), PUBLIC_WEIGHTS_WARNING)
   directory = epath.Path(directory)
   if jax.process_index() == 0:
     directory.mkdir(parents=True, exist_ok=True)
@@ -113,7 +149,31 @@ def read_info(directory: epath.PathLike) -> Dict[str, Any]:
   missing = set(FIELDS) - set(info)
   if missing:
     raise ValueError(f"{path} misses fields {sorted(missing)}")
-  return info
+  return dict(OPTIONAL_FIELDS, **info)
+
+
+def encryption_plan(info: Dict[str, Any], key: bytes,
+                    what: str = "the model") -> Optional[encryption.Plan]:
+  """The plan that encrypts plain images as the exported model expects.
+
+  Args:
+    info: an export's fields (`read_info`).
+    key: the data owner's key.
+    what: how to name the model in errors.
+
+  Returns:
+    A plan for plain images of `info['image_shape']` with the export's
+    scheme, block size and steps; None for a plain-image model.
+
+  Raises:
+    KeyMismatchError: the key's fingerprint is not the export's.
+  """
+  if info["scheme"] is None:
+    return None
+  encryption.check_fingerprint(key, info["key_fingerprint"], what)
+  return encryption.make_plan(key, info["scheme"], tuple(info["image_shape"]),
+                              info["block_size"],
+                              steps=info.get("encryption_steps"))
 
 
 def load(directory: epath.PathLike

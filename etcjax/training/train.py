@@ -27,6 +27,7 @@ import numpy as np
 from etcjax import encryption
 from etcjax import models
 from etcjax.data import pipeline
+from etcjax.models import key_adaptation
 from etcjax.training import checkpointing
 from etcjax.training import export as export_lib
 from etcjax.training import metrics as metrics_lib
@@ -122,6 +123,59 @@ def setup_encryption(config: ml_collections.ConfigDict,
   return Encryption(plan.scheme, plan.block_size, plan.fingerprint, plan,
                     not pipeline.host_encrypts(config),
                     tuple(plan.encrypted_shape))
+
+
+def _adaptation_plan(config: ml_collections.ConfigDict, enc: Encryption,
+                     info: pipeline.DatasetInfo) -> encryption.Plan:
+  """The plan to key-adapt the initial parameters with (`adapt_pretrained`).
+
+  Args:
+    config: the training config.
+    enc: the run's encryption.
+    info: the dataset's `DatasetInfo`.
+
+  Returns:
+    The on-the-fly plan, or, for a dataset encrypted on disk, the plan of
+    `config.encryption.key_file` with the manifest's scheme, block size and
+    steps (the key is checked against the manifest and dropped).
+
+  Raises:
+    ValueError: plain images, or an encrypted dataset without a key file.
+    KeyMismatchError: the key file is not the dataset's key.
+  """
+  if enc.plan is not None:
+    return enc.plan
+  if not info.encrypted_on_disk:
+    raise ValueError(
+        "config.adapt_pretrained=True adapts the model to encrypted images, "
+        "but this run trains on plain images; set config.encryption.scheme "
+        "(e.g. 'block_common') and config.encryption.key_file")
+  if not config.encryption.key_file:
+    raise ValueError(
+        "config.adapt_pretrained=True on a dataset encrypted on disk needs "
+        "the key it was encrypted with: set config.encryption.key_file")
+  manifest = info.manifest
+  key = encryption.load_key(config.encryption.key_file)
+  encryption.check_fingerprint(key, manifest["key_fingerprint"],
+                               f"the encrypted dataset {config.data_dir}")
+  plan = encryption.make_plan(key, manifest["scheme"],
+                              tuple(manifest["image_shape"]),
+                              manifest["block_size"], steps=manifest["steps"])
+  del key
+  return plan
+
+
+def _adaptation_record(config: ml_collections.ConfigDict
+                       ) -> Optional[Dict[str, Any]]:
+  """The export's `adaptation` field (see `export.OPTIONAL_FIELDS`)."""
+  if not config.adapt_pretrained:
+    return None
+  # Pretrained checkpoints (vit_jax's ImageNet-21k models) are public.
+  return {"method": "key_adaptation.adapt at initialisation, then training",
+          "source": config.pretrained_path or "fresh initialisation",
+          "from_public_weights": bool(config.pretrained_path),
+          "per_position": bool(config.model_kwargs.to_dict().get(
+              "per_position_embedding", False))}
 
 
 def _total_steps(config: ml_collections.ConfigDict, num_train: int) -> int:
@@ -297,6 +351,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
                                       jax.device_get(state.params),
                                       config.model)
       state = state.replace(params=sharding.replicate(params, mesh))
+    if config.adapt_pretrained:
+      params = key_adaptation.adapt(
+          jax.device_get(state.params), _adaptation_plan(config, enc, info))
+      state = state.replace(params=sharding.replicate(params, mesh))
+      logging.info(
+          "Key-adapted the initial parameters (%s) to %s images, block size "
+          "%s, key fingerprint %s", config.pretrained_path or "fresh init",
+          enc.scheme, enc.block_size, enc.fingerprint)
   if jax.process_index() == 0:
     (workdir / CONFIG_FILE).write_text(_written_config(config, enc))
   logging.info(
@@ -400,6 +462,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       "block_size": enc.block_size, "key_fingerprint": enc.fingerprint,
       "jpeg_quality": _jpeg_quality(config, info),
       "train_steps": total_steps, "eval_accuracy": eval_values["accuracy"],
+      "encryption_steps": (info.manifest.get("steps")
+                           if info.encrypted_on_disk else None),
+      "adaptation": _adaptation_record(config),
   }
   export_lib.save(workdir / "export", state.variables(), export_info)
   results = {

@@ -16,7 +16,7 @@ CONFIGS = sorted(glob.glob(os.path.join(ROOT, "configs", "*.py")))
 EXPECTED = {"vit_plain", "vit_etc", "convmixer_cifar10_plain",
             "convmixer_cifar10_etc", "convmixer_imagenette_plain",
             "convmixer_imagenette_etc", "le", "ele", "etc_adaptation",
-            "pe_resnet18"}
+            "pe_resnet18", "vit_adapted"}
 
 
 def _load(path):
