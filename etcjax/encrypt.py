@@ -50,10 +50,13 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import contextlib
 import dataclasses
+import fcntl
 import hashlib
 import os
 import shutil
+import socket
 import sys
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -314,8 +317,9 @@ def write_split(split: SourceSplit, out: str, label_names: Sequence[str],
     out: dataset folder; files go to `out/<split>/<class>/<index:06d>.<ext>`.
     label_names: class names (folder names).
     image_shape: `(H, W, 3)` every plain image must have (after resizing).
-    encrypt_fn: `(uint8 [n, H, W, 3], int64 source indices [n]) -> uint8
-      [n, H', W', C']`; None writes the plain images (benchmarks only).
+    encrypt_fn: `(uint8 [n, H, W, 3], int64 per-image key ids [n]) -> uint8
+      [n, H', W', C']` (ids from `manifest.image_key_ids`); None writes the
+      plain images (benchmarks only).
     codec: 'jpeg' or 'png'.
     quality, subsampling: JPEG settings.
     resize: resize images of another size to `image_shape` instead of
@@ -367,7 +371,8 @@ def write_split(split: SourceSplit, out: str, label_names: Sequence[str],
         kept_ids = np.concatenate([kept, kept[-1] + 1 + np.arange(pad)])
       else:
         kept_ids = kept
-      batch = encrypt_fn(batch, kept_ids)[:len(kept)]
+      batch = encrypt_fn(
+          batch, manifest_lib.image_key_ids(split.name, kept_ids))[:len(kept)]
     files = jpeg.encode(batch, codec, quality, subsampling)
     for i, data in zip(kept, files):
       manifest_lib.atomic_write(paths[i], data)
@@ -389,9 +394,9 @@ def plan_encrypt_fn(key: bytes, scheme: str, image_shape, block_size: int,
       `encryption.make_plan`.
 
   Returns:
-    `(uint8 [n, H, W, 3], int64 source indices [n]) -> uint8 numpy
-    [n] + encrypted_shape`; the indices are the per-image key ids of
-    'pe_per_image' and unused otherwise.
+    `(uint8 [n, H, W, 3], int64 ids [n]) -> uint8 numpy
+    [n] + encrypted_shape`; the ids (`manifest.image_key_ids`) are the
+    per-image key ids of 'pe_per_image' and unused otherwise.
   """
   if scheme == "pe_per_image":
     def encrypt_fn(images, ids):
@@ -437,18 +442,67 @@ def _compatible(old: Dict, new: Dict) -> List[str]:
   return [k for k in new if k != "splits" and old.get(k) != new[k]]
 
 
+LOCK_FILE = ".etcjax.lock"
+
+
+class FolderLockedError(RuntimeError):
+  """Another run is writing to the same output folder."""
+
+
+@contextlib.contextmanager
+def _locked(out: str):
+  """Holds an exclusive lock on the output folder `out` (created if needed).
+
+  Two runs writing one folder would interleave manifests and files. The
+  lock is an flock on a hidden file in `out`: the kernel drops it when the
+  process dies, so a killed run never leaves a stale lock behind. The file
+  is removed (while still locked) when the run ends; a run that opened it
+  just before then sees that its inode is gone and opens the new one.
+
+  Raises:
+    FileExistsError: `out` exists and is not a folder.
+    FolderLockedError: another run holds the lock.
+  """
+  if os.path.exists(out) and not os.path.isdir(out):
+    raise FileExistsError(f"--out {out} exists and is not a folder")
+  os.makedirs(out, exist_ok=True)
+  path = os.path.join(out, LOCK_FILE)
+  while True:
+    f = open(path, "a+")
+    try:
+      fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      f.seek(0)
+      holder = f.read().strip() or "another process"
+      f.close()
+      raise FolderLockedError(
+          f"another etcjax.encrypt run ({holder}) is writing to {out}; wait "
+          "for it to finish or choose another --out") from None
+    try:
+      current = os.stat(path).st_ino
+    except FileNotFoundError:
+      current = None
+    if current == os.fstat(f.fileno()).st_ino:
+      break
+    f.close()  # locked a file its holder had already removed: retry
+  try:
+    f.seek(0)
+    f.truncate()
+    f.write(f"pid {os.getpid()} on {socket.gethostname()}")
+    f.flush()
+    yield
+  finally:
+    os.remove(path)
+    f.close()  # releases the flock
+
+
 def _check_out_dir(out: str, new: Dict, overwrite: bool) -> Dict:
   """Reconciles `out` with the manifest of this run; returns the splits kept.
 
   Raises when `out` holds something this run must not touch.
   """
-  if not os.path.exists(out):
-    os.makedirs(out)
-    return {}
-  if not os.path.isdir(out):
-    raise FileExistsError(f"--out {out} exists and is not a folder")
   if not os.path.exists(os.path.join(out, manifest_lib.MANIFEST_FILE)):
-    if os.listdir(out):
+    if set(os.listdir(out)) - {LOCK_FILE}:
       raise FileExistsError(
           f"--out {out} is a non-empty folder without {manifest_lib.MANIFEST_FILE}"
           " (not an etcjax encrypted dataset); choose a new or empty folder")
@@ -515,48 +569,49 @@ def cmd_encrypt(args) -> int:
       chroma_subsampling=(args.subsampling
                           if args.format == "jpeg" and not gray else None),
       label_names=source.label_names, source=source.info)
-  splits = _check_out_dir(args.out, new, args.overwrite)
-  for split in source.splits:
-    old = splits.get(split.name)
-    if (old is not None and old.get("source_digest") != split.digest
-        and not args.overwrite):
-      raise FileExistsError(
-          f"split {split.name!r} in {args.out} was encrypted from another "
-          f"list of source files than {args.source}/{split.name} now holds "
-          "(files were added, removed or renamed), so image indices differ; "
-          "pass --overwrite to re-encrypt the split, or choose another --out")
-    splits[split.name] = {"count": len(split), "complete": False}
-    if split.digest:
-      splits[split.name]["source_digest"] = split.digest
-  new["splits"] = splits
-  manifest_lib.write_manifest(args.out, new)
+  with _locked(args.out):
+    splits = _check_out_dir(args.out, new, args.overwrite)
+    for split in source.splits:
+      old = splits.get(split.name)
+      if (old is not None and old.get("source_digest") != split.digest
+          and not args.overwrite):
+        raise FileExistsError(
+            f"split {split.name!r} in {args.out} was encrypted from another "
+            f"list of source files than {args.source}/{split.name} now holds "
+            "(files were added, removed or renamed), so image indices differ; "
+            "pass --overwrite to re-encrypt the split, or choose another --out")
+      splits[split.name] = {"count": len(split), "complete": False}
+      if split.digest:
+        splits[split.name]["source_digest"] = split.digest
+    new["splits"] = splits
+    manifest_lib.write_manifest(args.out, new)
 
-  encrypt_fn = plan_encrypt_fn(key, args.scheme, image_shape, block_size, steps)
-  failed = []
-  for split in source.splits:
-    result = write_split(
-        split, args.out, source.label_names, image_shape, encrypt_fn,
-        args.format, quality, args.subsampling, resize=bool(args.resize),
-        overwrite=args.overwrite, workers=args.workers,
-        progress=not args.no_progress)
-    complete = not result.failures
-    if complete:
-      new["splits"][split.name]["complete"] = True
-      manifest_lib.write_manifest(args.out, new)
-    print(f"{split.name}: {result.written} written, {result.skipped} already "
-          f"done, {len(result.failures)} failed"
-          f"{'' if complete else ' (split left incomplete)'}")
-    failed.extend(result.failures)
-    for _, message in result.failures:
-      print(f"  failed: {message}", file=sys.stderr)
-  print(f"encrypted dataset {args.out} (scheme {args.scheme}, block size "
-        f"{block_size}, key fingerprint {new['key_fingerprint']})")
-  if failed:
-    print(f"error: {len(failed)} images could not be encrypted (listed above); "
-          "fix or remove them and re-run to complete the dataset",
-          file=sys.stderr)
-    return 1
-  return 0
+    encrypt_fn = plan_encrypt_fn(key, args.scheme, image_shape, block_size, steps)
+    failed = []
+    for split in source.splits:
+      result = write_split(
+          split, args.out, source.label_names, image_shape, encrypt_fn,
+          args.format, quality, args.subsampling, resize=bool(args.resize),
+          overwrite=args.overwrite, workers=args.workers,
+          progress=not args.no_progress)
+      complete = not result.failures
+      if complete:
+        new["splits"][split.name]["complete"] = True
+        manifest_lib.write_manifest(args.out, new)
+      print(f"{split.name}: {result.written} written, {result.skipped} already "
+            f"done, {len(result.failures)} failed"
+            f"{'' if complete else ' (split left incomplete)'}")
+      failed.extend(result.failures)
+      for _, message in result.failures:
+        print(f"  failed: {message}", file=sys.stderr)
+    print(f"encrypted dataset {args.out} (scheme {args.scheme}, block size "
+          f"{block_size}, key fingerprint {new['key_fingerprint']})")
+    if failed:
+      print(f"error: {len(failed)} images could not be encrypted (listed above); "
+            "fix or remove them and re-run to complete the dataset",
+            file=sys.stderr)
+      return 1
+    return 0
 
 
 def cmd_decrypt(args) -> int:
@@ -583,52 +638,53 @@ def cmd_decrypt(args) -> int:
     plan = jax.device_put(encryption.make_plan(
         key, scheme, image_shape, block_size, manifest["steps"]))
 
-  for split in splits:
-    paths, labels, indices = listings[split]
-    # Written under a hidden name, renamed when complete: a split folder
-    # that exists is always fully decrypted.
-    partial = os.path.join(args.out, f".{split}.partial")
-    if os.path.exists(partial):
-      shutil.rmtree(partial)
-    for name in manifest["label_names"]:
-      os.makedirs(os.path.join(partial, name))
-    chunk = _chunk_size(image_shape, len(paths), args.workers)
+  with _locked(args.out):
+    for split in splits:
+      paths, labels, indices = listings[split]
+      # Written under a hidden name, renamed when complete: a split folder
+      # that exists is always fully decrypted.
+      partial = os.path.join(args.out, f".{split}.partial")
+      if os.path.exists(partial):
+        shutil.rmtree(partial)
+      for name in manifest["label_names"]:
+        os.makedirs(os.path.join(partial, name))
+      chunk = _chunk_size(image_shape, len(paths), args.workers)
 
-    def process(positions, partial=partial, paths=paths, labels=labels,
-                indices=indices):
-      files = []
-      for p in positions:
-        with open(paths[p], "rb") as f:
-          files.append(f.read())
-      encrypted = np.stack([
-          jpeg.decode_image(data, encrypted_shape[-1], name=paths[p])
-          for p, data in zip(positions, files)])
-      if encrypted.shape[1:] != encrypted_shape:
-        raise ValueError(
-            f"encrypted images such as {paths[positions[0]]} have shape "
-            f"{encrypted.shape[1:]}, the manifest says {encrypted_shape}")
-      chunk_plan = plan if plan is not None else encryption.make_plan(
-          key, scheme, image_shape, block_size, manifest["steps"],
-          image_ids=indices[positions])
-      plain = np.asarray(encryption.invert(chunk_plan, encrypted))
-      for p, image in zip(positions, plain):
-        name = manifest["label_names"][labels[p]]
-        manifest_lib.atomic_write(
-            os.path.join(partial, name, f"{indices[p]:06d}.png"),
-            jpeg.encode_png_image(image))
-      return len(positions), []
+      def process(positions, partial=partial, paths=paths, labels=labels,
+                  indices=indices):
+        files = []
+        for p in positions:
+          with open(paths[p], "rb") as f:
+            files.append(f.read())
+        encrypted = np.stack([
+            jpeg.decode_image(data, encrypted_shape[-1], name=paths[p])
+            for p, data in zip(positions, files)])
+        if encrypted.shape[1:] != encrypted_shape:
+          raise ValueError(
+              f"encrypted images such as {paths[positions[0]]} have shape "
+              f"{encrypted.shape[1:]}, the manifest says {encrypted_shape}")
+        chunk_plan = plan if plan is not None else encryption.make_plan(
+            key, scheme, image_shape, block_size, manifest["steps"],
+            image_ids=manifest_lib.image_key_ids(split, indices[positions]))
+        plain = np.asarray(encryption.invert(chunk_plan, encrypted))
+        for p, image in zip(positions, plain):
+          name = manifest["label_names"][labels[p]]
+          manifest_lib.atomic_write(
+              os.path.join(partial, name, f"{indices[p]:06d}.png"),
+              jpeg.encode_png_image(image))
+        return len(positions), []
 
-    positions = np.arange(len(paths))
-    _run_chunks(process, (positions[s:s + chunk]
-                          for s in range(0, len(paths), chunk)),
-                args.workers, not args.no_progress, len(paths),
-                f"decrypt {split}")
-    final = os.path.join(args.out, split)
-    if os.path.exists(final):
-      shutil.rmtree(final)
-    os.rename(partial, final)
-    print(f"{split}: {len(paths)} images decrypted to {final}")
-  return 0
+      positions = np.arange(len(paths))
+      _run_chunks(process, (positions[s:s + chunk]
+                            for s in range(0, len(paths), chunk)),
+                  args.workers, not args.no_progress, len(paths),
+                  f"decrypt {split}")
+      final = os.path.join(args.out, split)
+      if os.path.exists(final):
+        shutil.rmtree(final)
+      os.rename(partial, final)
+      print(f"{split}: {len(paths)} images decrypted to {final}")
+    return 0
 
 
 def _add_run_flags(parser, overwrite_help: str) -> None:
@@ -725,7 +781,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     return 2
   try:
     return args.fn(args)
-  except (ValueError, OSError) as e:
+  except (ValueError, OSError, FolderLockedError) as e:
     # Messages of etcjax never contain the key; they name files and values.
     print(f"error: {e}", file=sys.stderr)
     return 1

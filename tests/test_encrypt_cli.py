@@ -218,23 +218,40 @@ def test_grayscale_etc_writes_grayscale_jpegs(tmp_path, capsys, key_file,
   assert psnr > 30
 
 
-def test_per_image_keys_use_source_indices(tmp_path, capsys, key_file,
-                                           small_folder):
+def test_per_image_keys_differ_across_splits(tmp_path, capsys, key_file,
+                                             small_folder):
   out_dir, dec_dir = tmp_path / "enc", tmp_path / "dec"
   status, _, err = run(
       capsys, "encrypt", f"--key={key_file}", "--scheme=pe_per_image",
-      f"--source=folder:{small_folder}", "--split=train", f"--out={out_dir}",
-      "--format=png", "--no_progress", "--workers=1")
+      f"--source=folder:{small_folder}", "--split=train,val",
+      f"--out={out_dir}", "--format=png", "--no_progress", "--workers=1")
   assert status == 0, err
   key = encryption.load_key(key_file)
-  plain, _ = _plain_split(small_folder, "train")
-  _, enc, _, indices = _read_dataset(out_dir, "train", 3)
-  np.testing.assert_array_equal(
-      enc, encryption.encrypt(plain, key, "pe_per_image", image_ids=indices))
+  for split in ("train", "val"):
+    plain, _ = _plain_split(small_folder, split)
+    _, enc, _, indices = _read_dataset(out_dir, split, 3)
+    ids = manifest_lib.image_key_ids(split, indices)
+    np.testing.assert_array_equal(
+        enc, encryption.encrypt(plain, key, "pe_per_image", image_ids=ids))
+  # Image 0 of 'train' and image 0 of 'val' have different keys: the same
+  # pixels encrypt differently under the two ids.
+  train0, val0 = (manifest_lib.image_key_ids(s, [0]) for s in ("train", "val"))
+  assert train0[0] != val0[0]
+  image = _plain_split(small_folder, "train")[0][:1]
+  assert not np.array_equal(
+      encryption.encrypt(image, key, "pe_per_image", image_ids=train0),
+      encryption.encrypt(image, key, "pe_per_image", image_ids=val0))
   status, _, err = run(capsys, "decrypt", f"--key={key_file}",
                        f"--in={out_dir}", f"--out={dec_dir}", "--no_progress")
   assert status == 0, err
-  np.testing.assert_array_equal(_decrypted_split(dec_dir, "train")[0], plain)
+  for split in ("train", "val"):
+    np.testing.assert_array_equal(_decrypted_split(dec_dir, split)[0],
+                                  _plain_split(small_folder, split)[0])
+
+
+def test_image_key_ids_reject_out_of_range_indices():
+  with pytest.raises(ValueError, match=r"\[0, 2\*\*32\)"):
+    manifest_lib.image_key_ids("train", [-1])
 
 
 # --------------------------------------------------------------------------
@@ -525,3 +542,19 @@ def test_load_tfds_errors(tmp_path, tfds_data_dir):
     tfds_source.load_tfds("cifar10", "validation", tfds_data_dir)
   with pytest.raises(ValueError, match="unknown tfds dataset"):
     tfds_source.load_tfds("no_such_dataset_xyz", "train", tfds_data_dir)
+
+
+def test_concurrent_runs_into_one_folder_are_refused(tmp_path, capsys,
+                                                      key_file, small_folder):
+  out_dir = tmp_path / "enc"
+  argv = ("encrypt", f"--key={key_file}", f"--source=folder:{small_folder}",
+          "--split=train", f"--out={out_dir}", "--no_progress")
+  with cli._locked(str(out_dir)):  # another run, still writing
+    status, _, err = run(capsys, *argv)
+    assert status == 1
+    assert "another etcjax.encrypt run (pid" in err and str(out_dir) in err
+    assert not os.path.exists(out_dir / manifest_lib.MANIFEST_FILE)
+  # Once it is done (or died: the kernel drops its lock), a run proceeds,
+  # and the lock file does not make the folder look foreign.
+  status, _, err = run(capsys, *argv)
+  assert status == 0, err

@@ -34,6 +34,7 @@ readers must refuse incomplete splits (`check_manifest` does).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -315,6 +316,32 @@ def image_path(root: str | os.PathLike, split: str, class_name: str,
   """
   return os.path.join(os.fspath(root), split, class_name,
                       f"{int(index):06d}{jpeg.CODECS[codec]}")
+
+
+def image_key_ids(split: str, indices) -> np.ndarray:
+  """Per-image key ids of 'pe_per_image' images of a dataset split.
+
+  Ids must differ across splits as well as within one: with bare indices,
+  image 5 of 'train' and image 5 of 'test' would share a key, and a key
+  reused on two images leaks their XOR. The split name's SHA-256 fills the
+  high 31 bits, the index the low 32.
+
+  Args:
+    split: split name, e.g. 'train'.
+    indices: int `[n]`, indices in [0, 2**32) of images in their source split.
+
+  Returns:
+    int64 `[n]` ids, unique over (split, index) pairs up to hash collisions
+    of the split names (probability ~2**-31 per pair of splits).
+  """
+  indices = np.asarray(indices, np.int64)
+  if indices.size and (indices.min() < 0 or indices.max() >= 2**32):
+    raise ValueError(
+        f"image indices must be in [0, 2**32), got range "
+        f"[{indices.min()}, {indices.max()}] in split {split!r}")
+  tag = int.from_bytes(hashlib.sha256(
+      b"etcjax/pe_per_image/split/" + split.encode()).digest()[:4], "big")
+  return ((tag >> 1) << 32) | indices
 
 
 def list_images(root: str | os.PathLike, manifest: Dict[str, Any],
