@@ -478,6 +478,11 @@ def _locked(out: str):
       raise FolderLockedError(
           f"another etcjax.encrypt run ({holder}) is writing to {out}; wait "
           "for it to finish or choose another --out") from None
+    except OSError as e:
+      # Some network and FUSE file systems have no flock; lose only the
+      # protection, not the run.
+      print(f"warning: cannot lock {path} ({e}); concurrent runs into "
+            f"{out} will not be detected", file=sys.stderr)
     try:
       current = os.stat(path).st_ino
     except FileNotFoundError:
