@@ -236,10 +236,10 @@ def compare(plain_dir: str, adapted_dir: str, key: bytes, out_dir: str, *,
         f"{info['scheme']}-encrypted images, {len(images):,} {split} images",
         ["model", "scheme", "steps", "block size", "images",
          "plain accuracy", "adapted accuracy (encrypted)",
-         "differing predictions", "max |logit difference|"],
+         "differing predictions", "max abs logit difference"],
         formats={"plain accuracy": ".4f",
                  "adapted accuracy (encrypted)": ".4f",
-                 "max |logit difference|": ".2e"},
+                 "max abs logit difference": ".2e"},
         notes=["The adapted model is the plain one with its patch embedding "
                "(and ViT position embedding) permuted and sign-flipped by "
                "the key; no further training. Equal accuracy and no "
@@ -430,7 +430,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
       print(f"wrote {args.out}: {info['model']} for {info['scheme']} "
             f"(steps {info['encryption_steps'] or 'all'}, block size "
             f"{info['block_size']}), key fingerprint {info['key_fingerprint']}; "
-            "max |logit difference| on random images "
+            "max abs logit difference on random images "
             f"{info['adaptation']['check_max_logit_difference']:.2e}")
     elif args.command == "compare":
       compare(args.plain, args.adapted, encryption.load_key(args.key_file),
