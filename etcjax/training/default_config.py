@@ -170,6 +170,21 @@ def apply_etc(config: ml_collections.ConfigDict, variants: Set[str],
   config.encryption.scheme = "etc"
   config.encryption.block_size = block_size
   apply_jpeg_variant(config, variants)
+  use_encrypted_domain_augmentation(config)
+
+
+def use_encrypted_domain_augmentation(config: ml_collections.ConfigDict
+                                      ) -> None:
+  """Keeps only the augmentation a cloud can apply to encrypted images.
+
+  Plain-domain augmentation (random crops, flips, RandAugment, random
+  erasing) goes; resizing, mixup, CutMix and label smoothing stay. Used by
+  the EtC recipes, and by plain recipes that must differ from their EtC
+  twin in the encryption only.
+
+  Args:
+    config: the config to change in place.
+  """
   # Random crops are augmentation; resizing to image_size is preprocessing.
   resizes = config.augment.crop in ("resize", "random_resized_crop")
   config.augment.crop = "resize" if resizes else "none"
