@@ -98,3 +98,16 @@ def test_paper_hyperparameters():
   # Plain and EtC differ only in encryption and augmentation.
   for field in ("model", "batch_size", "num_epochs", "optim", "image_size"):
     assert cm[field] == cp[field], field
+
+
+def test_cpu_pair_differs_in_the_encryption_only():
+  # The closing note compares their accuracies; any other difference would
+  # leak into the ratio.
+  plain = _load(os.path.join(ROOT, "configs", "convmixer_cifar10_plain.py")
+                ).get_config("cpu").to_dict()
+  etc = _load(os.path.join(ROOT, "configs", "convmixer_cifar10_etc.py")
+              ).get_config("cpu").to_dict()
+  differ = {k for k in plain if plain[k] != etc[k]}
+  assert differ == {"name", "encryption"}
+  assert plain["encryption"]["scheme"] in ("", None, "none")
+  assert etc["encryption"]["scheme"] == "etc"
