@@ -30,7 +30,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
-from typing import List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Union
 
 from etcjax import encryption
 from etcjax.evaluation import attack_suite
@@ -55,6 +55,18 @@ def _ints(text: str) -> List[int]:
   except ValueError:
     raise argparse.ArgumentTypeError(
         f"expected comma-separated integers, got {text!r}") from None
+
+
+def _limits(text: str) -> Union[int, Dict[str, int]]:
+  """'N' (every scheme) or 'scheme:N,scheme:N'."""
+  try:
+    if ":" not in text:
+      return int(text)
+    return {k.strip(): int(v) for k, v in
+            (item.split(":", 1) for item in _names(text))}
+  except ValueError:
+    raise argparse.ArgumentTypeError(
+        f"expected N or scheme:N,scheme:N with integers N, got {text!r}") from None
 
 
 def _qualities(text: str) -> List[Optional[int]]:
@@ -105,6 +117,8 @@ def _parser() -> argparse.ArgumentParser:
                  help="comma-separated, from " + ", ".join(compressibility.CODECS))
   p.add_argument("--workers", type=int, default=2,
                  help="coding processes (default 2)")
+  p.add_argument("--limit", type=int, default=None,
+                 help="images per split (default: the size's; full: all)")
 
   p = sub.add_parser("visual", help="LPIPS and SSIM of encrypted images (Fig. 7)")
   common(p)
@@ -162,8 +176,9 @@ def _attack_flags(p, schemes=True):
                      attack_suite.attacks_lib.ATTACKS))
   p.add_argument("--limit", type=int, default=None,
                  help="attacked test images (default: the size's)")
-  p.add_argument("--jigsaw_limit", type=int, default=None,
-                 help="images the jigsaw solver attacks (default: the size's)")
+  p.add_argument("--jigsaw_limit", type=_limits, default=None,
+                 help="images the jigsaw solver attacks: N for every scheme "
+                 "or scheme:N,... (default: the size's)")
   p.add_argument("--train_steps", type=int, default=None,
                  help="GAN/ITN training steps (default: the size's)")
   p.add_argument("--train_batch", type=int, default=None,
@@ -172,6 +187,9 @@ def _attack_flags(p, schemes=True):
                  help="GAN/ITN network width (default: the size's)")
   p.add_argument("--seed", type=int, default=0,
                  help="seed of the attacks' random choices")
+  p.add_argument("--tag", default=None,
+                 help="write to attacks/<dataset>-<tag>/ (e.g. a separate "
+                 "run of the learned attacks)")
 
 
 def _key(args) -> bytes:
@@ -230,7 +248,9 @@ def _run(args) -> None:
           dataset, key, args.out, size=args.size,
           schemes=getattr(args, "schemes", None) or compressibility.DEFAULT_SCHEMES,
           codec_names=getattr(args, "codecs", None) or list(compressibility.CODECS),
-          workers=args.workers, **data))
+          workers=args.workers,
+          limit=args.limit if args.task == "compressibility" else None,
+          **data))
   if args.task in ("visual", "all"):
     for dataset in args.datasets:
       print(visual_information.run(
@@ -243,7 +263,8 @@ def _run(args) -> None:
           dataset, key, args.out, size=args.size,
           schemes=getattr(args, "schemes", None) or attack_suite.DEFAULT_SCHEMES,
           attack_names=args.attacks, seed=args.seed, test_limit=args.limit,
-          jigsaw_limit=args.jigsaw_limit, training=_training(args), **data))
+          jigsaw_limit=args.jigsaw_limit, training=_training(args),
+          tag=args.tag, **data))
   if args.task == "all":
     print(brute_force.run(args.out, overwrite=args.overwrite))
     print(report.write(args.out, overwrite=args.overwrite))

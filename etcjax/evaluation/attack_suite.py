@@ -24,7 +24,8 @@ from __future__ import annotations
 import csv
 import dataclasses
 import os
-from typing import Dict, List, Optional, Sequence
+import re
+from typing import Dict, List, Optional, Sequence, Union
 
 import numpy as np
 import tqdm
@@ -141,9 +142,10 @@ def run(dataset: str, key: bytes, out_dir: str, *, size: str = "smoke",
         attack_names: Sequence[str] = DEFAULT_ATTACKS,
         data_dir: Optional[str] = None, imagenette_dir: Optional[str] = None,
         overwrite: bool = False, seed: int = 0,
-        test_limit: Optional[int] = None, jigsaw_limit: Optional[int] = None,
+        test_limit: Optional[int] = None,
+        jigsaw_limit: Union[None, int, Dict[str, int]] = None,
         training: Optional[threat_model.TrainingSize] = None,
-        progress: bool = True) -> str:
+        tag: Optional[str] = None, progress: bool = True) -> str:
   """Runs the attacks task on one dataset.
 
   Args:
@@ -158,9 +160,14 @@ def run(dataset: str, key: bytes, out_dir: str, *, size: str = "smoke",
     imagenette_dir: Imagenette folder (imagenette).
     overwrite: replace existing results.
     seed: seed of the attacks' random choices.
-    test_limit, jigsaw_limit: override the size's image counts (the latter
-      for every scheme).
+    test_limit: override the size's number of attacked images.
+    jigsaw_limit: override the size's number of images the jigsaw solver
+      attacks: one count for every scheme, or {scheme: count} (schemes
+      not named keep the size's).
     training: override the size's learned-attack training.
+    tag: results go to `out_dir/attacks/<dataset>-<tag>/` instead, so that
+      runs of different attacks, schemes or sizes on one dataset (e.g. the
+      learned attacks on fewer images) sit side by side in one run folder.
     progress: show progress bars.
 
   Returns:
@@ -169,15 +176,30 @@ def run(dataset: str, key: bytes, out_dir: str, *, size: str = "smoke",
   sources.check_dataset(dataset)
   sources.check_size(size, SIZES)
   check_request(schemes, attack_names)
+  sources.check_limit(test_limit)
+  for limit in (jigsaw_limit.values() if isinstance(jigsaw_limit, dict)
+                else [jigsaw_limit]):
+    sources.check_limit(limit, "a jigsaw image limit")
+  if tag is not None and not re.fullmatch(r"[A-Za-z0-9_]+", tag):
+    raise ValueError(
+        f"a tag names a folder: letters, digits and _ only, got {tag!r}")
   preset = SIZES[size]
   training = training or preset.training
   test_limit = test_limit or preset.test_images[dataset]
-  jigsaw_limits = {s: jigsaw_limit or preset.jigsaw_images[dataset].get(s)
+  if not isinstance(jigsaw_limit, dict):
+    jigsaw_limit = {s: jigsaw_limit for s in schemes}
+  elif set(jigsaw_limit) - set(schemes):
+    raise ValueError(
+        f"jigsaw limits for schemes {sorted(set(jigsaw_limit) - set(schemes))} "
+        f"that are not attacked; attacked schemes: {list(schemes)}")
+  jigsaw_limits = {s: jigsaw_limit.get(s) or preset.jigsaw_images[dataset].get(s)
                    for s in schemes}
-  output = outputs.TaskOutput(out_dir, "attacks", dataset, overwrite, meta=dict(
-      size=size, schemes=list(schemes), attacks=list(attack_names), seed=seed,
-      key_fingerprint=encryption.fingerprint(key),
-      training=dataclasses.asdict(training)))
+  output = outputs.TaskOutput(
+      out_dir, "attacks", f"{dataset}-{tag}" if tag else dataset, overwrite,
+      meta=dict(size=size, schemes=list(schemes), attacks=list(attack_names),
+                seed=seed, key_fingerprint=encryption.fingerprint(key),
+                training=dataclasses.asdict(training)))
+  output.meta.update(dataset=dataset, tag=tag)
   eval_split, public_split = sources.DATASETS[dataset]
   test = sources.load(dataset, eval_split, data_dir=data_dir,
                       imagenette_dir=imagenette_dir, limit=test_limit,

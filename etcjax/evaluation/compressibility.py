@@ -381,7 +381,7 @@ def run(dataset: str, key: bytes, out_dir: str, *, size: str = "smoke",
         codec_names: Sequence[str] = tuple(CODECS),
         data_dir: Optional[str] = None, imagenette_dir: Optional[str] = None,
         overwrite: bool = False, workers: int = 1,
-        progress: bool = True) -> str:
+        limit: Optional[int] = None, progress: bool = True) -> str:
   """Runs the compressibility task on one dataset (both of its splits).
 
   Args:
@@ -396,6 +396,9 @@ def run(dataset: str, key: bytes, out_dir: str, *, size: str = "smoke",
     imagenette_dir: Imagenette folder (imagenette).
     overwrite: replace existing results.
     workers: coding processes.
+    limit: images per split (the deterministic subset of `sources.load`;
+      None: the size's, i.e. all for 'full'); the meta and the tables'
+      titles record how many were coded.
     progress: show progress bars.
 
   Returns:
@@ -404,23 +407,26 @@ def run(dataset: str, key: bytes, out_dir: str, *, size: str = "smoke",
   sources.check_dataset(dataset)
   sources.check_size(size, SIZES)
   codec_names = check_codecs(codec_names)
+  sources.check_limit(limit)
   for scheme in schemes:
     jpeg.check_jpeg_compatible(scheme, None, "4:2:0", allow_noncompliant=True)
   _imagecodecs()
   preset = SIZES[size]
   output = outputs.TaskOutput(out_dir, "compressibility", dataset, overwrite,
                               meta=dict(size=size, schemes=list(schemes),
-                                        codecs=codec_names,
+                                        codecs=codec_names, limit=limit,
                                         key_fingerprint=encryption.fingerprint(key)))
   splits = [sources.load(dataset, split, data_dir=data_dir,
                          imagenette_dir=imagenette_dir,
-                         limit=preset.images[dataset], progress=progress)
+                         limit=limit or preset.images[dataset],
+                         progress=progress)
             for split in sorted(set(sources.DATASETS[dataset]))]
   shape = splits[0].images.shape[1:]
   for scheme in schemes:  # Fail on geometry before any work.
     encryption.make_plan(key, "pe" if scheme == "pe_per_image" else scheme, shape)
   n_images = sum(len(s) for s in splits)
-  output.meta.update(images=n_images, splits=[s.split for s in splits])
+  output.meta.update(images=n_images, splits=[s.split for s in splits],
+                     images_per_split={s.split: len(s) for s in splits})
   with output as folder:
     sizes = {}
     block_sizes = {}

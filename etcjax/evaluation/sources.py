@@ -64,6 +64,14 @@ def check_size(size: str, sizes) -> str:
   return size
 
 
+def check_limit(limit: Optional[int], what: str = "an image limit"
+                ) -> Optional[int]:
+  """Returns `limit` if None or positive, else raises (0 must not mean all)."""
+  if limit is not None and limit < 1:
+    raise ValueError(f"{what} must be positive, got {limit}")
+  return limit
+
+
 def subset(count: int, limit: Optional[int]) -> np.ndarray:
   """Evenly spaced indices of `limit` of `count` items (all when None).
 

@@ -53,6 +53,7 @@ def run(dataset: str, key: bytes, out_dir: str, *, size: str = "smoke",
   """
   sources.check_dataset(dataset)
   sources.check_size(size, SIZES)
+  sources.check_limit(limit)
   for scheme in schemes:
     encryption.get_scheme(scheme)
   output = outputs.TaskOutput(out_dir, "visual", dataset, overwrite, meta=dict(

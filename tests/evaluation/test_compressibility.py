@@ -1,5 +1,6 @@
 """Compressibility: codecs, sizes of real images, the task's outputs."""
 
+import json
 import os
 
 import numpy as np
@@ -7,6 +8,7 @@ import pytest
 
 from etcjax.evaluation import compressibility
 from etcjax.evaluation import sources
+from etcjax.evaluation import tables
 
 KEY = bytes(range(32))
 
@@ -81,9 +83,22 @@ def test_compressibility_task_writes_tables_and_figure(tfds_data_dir, tmp_path):
     assert os.path.exists(os.path.join(path, name)), name
   meta = open(os.path.join(path, "meta.json")).read()
   assert KEY.hex() not in meta and "key_fingerprint" in meta
+  assert '"images": 300' in meta  # smoke: 150 per split.
   with pytest.raises(FileExistsError, match="--overwrite"):
     compressibility.run("cifar10", KEY, str(tmp_path), size="smoke",
                         data_dir=tfds_data_dir, progress=False)
+
+
+def test_compressibility_limit_codes_that_many_images_per_split(tfds_data_dir,
+                                                              tmp_path):
+  path = compressibility.run(
+      "cifar10", KEY, str(tmp_path), size="full", schemes=["etc"],
+      codec_names=["raw"], data_dir=tfds_data_dir, limit=20, progress=False)
+  meta = json.load(open(os.path.join(path, "meta.json")))
+  assert meta["images_per_split"] == {"test": 20, "train": 20}
+  assert meta["limit"] == 20
+  _, rows = tables.read_csv(os.path.join(path, "file_sizes.csv"))
+  assert float(rows[0]["plain"]) == pytest.approx(40 * 3072 / 2**20, abs=1e-3)
 
 
 def test_missing_data_is_reported_with_its_location(tmp_path):

@@ -52,6 +52,26 @@ def test_visual_information_smoke_on_cifar10(tfds_data_dir, tmp_path):
   assert os.path.exists(os.path.join(path, "visual_information.png"))
 
 
+def test_attack_suite_tag_and_per_scheme_jigsaw_limits(tfds_data_dir,
+                                                      tmp_path):
+  path = attack_suite.run(
+      "cifar10", KEY, str(tmp_path), size="smoke", schemes=["etc", "pe"],
+      attack_names=["fr", "jigsaw"], data_dir=tfds_data_dir, test_limit=12,
+      jigsaw_limit={"etc": 5}, tag="small", progress=False)
+  assert path == os.path.join(str(tmp_path), "attacks", "cifar10-small")
+  meta = json.load(open(os.path.join(path, "meta.json")))
+  assert meta["dataset"] == "cifar10" and meta["tag"] == "small"
+  # 5 evenly spaced images plus the example images every attack runs on.
+  assert meta["jigsaw_images"] == {"etc": 5}
+  with pytest.raises(ValueError, match=r"schemes \['le'\] that are not attacked"):
+    attack_suite.run("cifar10", KEY, str(tmp_path), schemes=["etc"],
+                     attack_names=["jigsaw"], jigsaw_limit={"le": 3},
+                     data_dir=tfds_data_dir, progress=False)
+  with pytest.raises(ValueError, match="letters, digits and _"):
+    attack_suite.run("cifar10", KEY, str(tmp_path), schemes=["etc"],
+                     attack_names=["fr"], tag="../up", progress=False)
+
+
 @pytest.mark.parametrize("argv, message", [
     (["attacks", "--attacks=sudoku"], "unknown attack 'sudoku'; known attacks"),
     (["attacks", "--attacks=jigsaw", "--schemes=pe,le"],
@@ -60,6 +80,7 @@ def test_visual_information_smoke_on_cifar10(tfds_data_dir, tmp_path):
     (["visual", "--datasets=mnist"], "unknown dataset 'mnist'"),
     (["compressibility", "--datasets=imagenette"], "needs --imagenette_dir"),
     (["compressibility", "--codecs=webp"], "unknown codecs"),
+    (["compressibility", "--limit=0"], "limit must be positive"),
     (["brute_force", "--image_sizes=30"], "not a multiple of the block size"),
     (["report"], "no completed evaluation results"),
 ])
@@ -85,9 +106,11 @@ def test_cli_brute_force_and_report(tmp_path, capsys):
   assert "--overwrite" in capsys.readouterr().err
 
 
-def test_cli_usage_errors_exit_2(tmp_path):
+@pytest.mark.parametrize("argv", [
+    ["attacks", "--size=huge"], ["attacks", "--jigsaw_limit=etc:many"]])
+def test_cli_usage_errors_exit_2(tmp_path, argv):
   with pytest.raises(SystemExit) as e:
-    evaluate.main(["attacks", "--size=huge", f"--out={tmp_path}"])
+    evaluate.main(argv + [f"--out={tmp_path}"])
   assert e.value.code == 2
 
 
