@@ -185,6 +185,12 @@ def _attack_flags(p, schemes=True):
                  help="GAN/ITN batch size (default: the size's)")
   p.add_argument("--train_width", type=int, default=None,
                  help="GAN/ITN network width (default: the size's)")
+  p.add_argument("--train_lr", type=float, default=None,
+                 help="GAN/ITN Adam learning rate (default: the size's; "
+                 "short CPU runs learn more with ~1e-3)")
+  p.add_argument("--train_keys", type=int, default=None,
+                 help="ITN: attacker keys of its training pairs "
+                 "(default: the size's)")
   p.add_argument("--seed", type=int, default=0,
                  help="seed of the attacks' random choices")
   p.add_argument("--tag", default=None,
@@ -204,7 +210,9 @@ def _training(args) -> Optional[threat_model.TrainingSize]:
   preset = attack_suite.SIZES[args.size].training
   changes = {k: v for k, v in (("steps", args.train_steps),
                                ("batch_size", args.train_batch),
-                               ("width", args.train_width)) if v is not None}
+                               ("width", args.train_width),
+                               ("learning_rate", args.train_lr),
+                               ("num_keys", args.train_keys)) if v is not None}
   if not changes:
     return None
   return dataclasses.replace(preset, **changes)

@@ -129,3 +129,17 @@ def test_cli_all_smoke_with_every_attack(data_dir, tfds_data_dir,
   _, rows = tables.read_csv(str(tmp_path / "attacks" / "cifar10" / "ssim_psnr.csv"))
   attacks = {r["attack"] for r in rows if r["verdict"] != "n/a"}
   assert {"fr", "fr_advanced", "gan", "itn", "jigsaw"} <= attacks
+
+
+def test_cli_training_overrides_keep_the_rest_of_the_preset():
+  args = evaluate._parser().parse_args([  # pylint: disable=protected-access
+      "attacks", "--out=x", "--size=full", "--train_steps=5",
+      "--train_lr=1e-3", "--train_keys=7"])
+  training = evaluate._training(args)  # pylint: disable=protected-access
+  preset = attack_suite.SIZES["full"].training
+  assert (training.steps, training.learning_rate, training.num_keys) == (
+      5, 1e-3, 7)
+  assert (training.batch_size, training.width) == (preset.batch_size,
+                                                    preset.width)
+  args = evaluate._parser().parse_args(["attacks", "--out=x"])  # pylint: disable=protected-access
+  assert evaluate._training(args) is None  # pylint: disable=protected-access
