@@ -23,10 +23,16 @@ reveal the key's block order and in-block transform (compare the kernels;
 `python -m etcjax.adapt key_recovery` does it). The export is marked so and
 a warning is logged; keep it private if the key must stay secret.
 
-Variants (`--config=...py:VARIANT`):
-  smoke  ~1 minute on a CPU: ViT-Ti/16 at 64x64, 20 steps, adapting the
-         fresh initialisation (or a checkpoint given with
-         --config.pretrained_path) with a throwaway key.
+Variants (`--config=...py:VARIANT`, comma-separated):
+  smoke         ~1 minute on a CPU: ViT-Ti/16 at 64x64, 20 steps, adapting
+                the fresh initialisation (or a checkpoint given with
+                --config.pretrained_path) with a throwaway key.
+  per_position  the paper's EtC (a different in-block transform per block)
+                instead of 'block_common': the ViT gets one patch-embedding
+                kernel per block position, initialised from the pretrained
+                kernel adapted to each block's transform (with the position
+                embedding permuted, EtC is absorbed exactly). Compare with
+                `vit_etc.py`, the same images with a shared embedding.
 """
 
 from etcjax.training import default_config
@@ -36,12 +42,15 @@ _PLAIN = default_config.load_sibling("vit_plain.py", __file__)
 
 def get_config(arg=None):
   """Returns the config; `arg` is '' or a comma-separated variant list."""
-  variants = default_config.parse_variants(arg, ("smoke",))
+  variants = default_config.parse_variants(arg, ("smoke", "per_position"))
   config = _PLAIN.get_config(",".join(variants & {"smoke"}))
   total_steps = config.total_steps  # vit_plain's, not vit_etc's 20k
   default_config.apply_etc(config, set(), block_size=16)
   config.encryption.scheme = "block_common"
   config.total_steps = total_steps
   config.adapt_pretrained = True
+  if "per_position" in variants:
+    config.encryption.scheme = "etc"
+    config.model_kwargs = {"per_position_embedding": True}
   default_config.name_run(config, "vit_adapted", variants)
   return config

@@ -368,6 +368,31 @@ def adapt(params: Params, plan: encryption.Plan) -> dict:
   return adapt_patch_conv(params, plan)
 
 
+def patch_kernel_path(params: Params):
+  """Path of the patch-embedding kernel, e.g. `('embedding', 'kernel')`.
+
+  Args:
+    params: a model's 'params' collection.
+
+  Returns:
+    The path tuple, or None for a model without a known patch embedding.
+  """
+  for name in ("embedding", "patch_embed"):
+    if name in params and "kernel" in params[name]:
+      return (name, "kernel")
+  return None
+
+
+def set_leaf(params: Params, path, value) -> dict:
+  """A copy of `params` with the leaf at `path` replaced by `value`."""
+  params = _copy_tree(params)
+  node = params
+  for name in path[:-1]:
+    node = node[name]
+  node[path[-1]] = value
+  return params
+
+
 def to_per_position(params: Params, num_positions: int) -> dict:
   """The same model with its patch-embedding kernel repeated per position.
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import os
 import signal
 import time
 from typing import Any, Dict, Optional, Tuple
@@ -123,6 +124,52 @@ def setup_encryption(config: ml_collections.ConfigDict,
   return Encryption(plan.scheme, plan.block_size, plan.fingerprint, plan,
                     not pipeline.host_encrypts(config),
                     tuple(plan.encrypted_shape))
+
+
+def _load_pretrained(config: ml_collections.ConfigDict,
+                     params: Dict[str, Any]) -> Dict[str, Any]:
+  """Loads `config.pretrained_path` into the initial params.
+
+  A model with a per-position patch embedding can start from a `.npz` with
+  a shared one (e.g. ImageNet-21k): the shared kernel is loaded and
+  repeated at every position (`key_adaptation.to_per_position`), which
+  computes exactly what the checkpoint computes; `config.adapt_pretrained`
+  then adapts each position to its block's transform.
+
+  Args:
+    config: the training config.
+    params: the freshly initialised params (host arrays).
+
+  Returns:
+    The params to start from.
+  """
+  kernel_path = key_adaptation.patch_kernel_path(params)
+  per_position = (kernel_path is not None
+                  and np.ndim(_get(params, kernel_path)) == 5
+                  and _npz_ndim(config.pretrained_path,
+                                "/".join(kernel_path)) == 4)
+  if per_position:
+    num_positions = np.shape(_get(params, kernel_path))[0]
+    params = key_adaptation.set_leaf(params, kernel_path,
+                                     _get(params, kernel_path)[0])
+  params = models.load_pretrained(config.pretrained_path, params, config.model)
+  if per_position:
+    params = key_adaptation.to_per_position(params, num_positions)
+  return params
+
+
+def _npz_ndim(path: str, name: str) -> Optional[int]:
+  """Rank of one tensor of a `.npz` checkpoint (read lazily), else None."""
+  if not str(path).endswith(".npz"):
+    return None  # Our own orbax checkpoints match the model as they are.
+  with np.load(os.path.expanduser(path), allow_pickle=False) as data:
+    return data[name].ndim if name in data.files else None
+
+
+def _get(tree, path):
+  for name in path:
+    tree = tree[name]
+  return tree
 
 
 def _adaptation_plan(config: ml_collections.ConfigDict, enc: Encryption,
@@ -347,9 +394,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   if state is None:
     state, start_step = init(init_rng), 0
     if config.pretrained_path:
-      params = models.load_pretrained(config.pretrained_path,
-                                      jax.device_get(state.params),
-                                      config.model)
+      params = _load_pretrained(config, jax.device_get(state.params))
       state = state.replace(params=sharding.replicate(params, mesh))
     if config.adapt_pretrained:
       params = key_adaptation.adapt(

@@ -30,14 +30,14 @@ def _write_fake_vit_npz(path, **kwargs):
   return module.write_fake_vit_npz(path, **kwargs)
 
 
-def _smoke_config(folder, npz, key_file):
+def _smoke_config(folder, npz, key_file, variant):
   config = default_config.load_sibling(
-      "vit_adapted.py", os.path.join(ROOT, "configs", "x")).get_config("smoke")
-  assert config.adapt_pretrained and config.encryption.scheme == "block_common"
+      "vit_adapted.py", os.path.join(ROOT, "configs", "x")).get_config(variant)
+  assert config.adapt_pretrained
   # The smoke recipe on tiny synthetic data, with a one-layer ViT-Ti.
   config.dataset, config.data_dir = "folder", folder
   config.train_split, config.eval_split = "train", "test"
-  config.model_kwargs = {"num_layers": 1}
+  config.model_kwargs = dict(config.model_kwargs.to_dict(), num_layers=1)
   config.pretrained_path = npz
   config.encryption.key_file = key_file
   config.batch_size = config.eval_batch_size = 16
@@ -48,8 +48,11 @@ def _smoke_config(folder, npz, key_file):
   return config
 
 
-@pytest.mark.slow  # ~30 s on 2 loaded CPU cores: compiles ViT steps.
-def test_vit_adapted_smoke_starts_from_the_adapted_checkpoint(tmp_path):
+@pytest.mark.slow  # ~30 s each on 2 loaded CPU cores: compiles ViT steps.
+@pytest.mark.parametrize("variant,scheme", [
+    ("smoke", "block_common"), ("smoke,per_position", "etc")])
+def test_vit_adapted_smoke_starts_from_the_adapted_checkpoint(
+    tmp_path, variant, scheme):
   folder = tiny_runs.make_image_folder(str(tmp_path / "data"), per_class=4,
                                        size=64)
   npz = str(tmp_path / "ViT-Ti_16.npz")
@@ -59,20 +62,28 @@ def test_vit_adapted_smoke_starts_from_the_adapted_checkpoint(tmp_path):
   key_file = str(tmp_path / "owner.key")
   encryption.save_key(key_file, key)
   workdir = tmp_path / "work"
-  train.train_and_evaluate(_smoke_config(folder, npz, key_file), str(workdir))
+  train.train_and_evaluate(_smoke_config(folder, npz, key_file, variant),
+                           str(workdir))
 
-  module, variables, info = export.load(str(workdir / "export"))
-  assert info["scheme"] == "block_common" and info["block_size"] == 16
+  _, variables, info = export.load(str(workdir / "export"))
+  assert info["scheme"] == scheme and info["block_size"] == 16
   assert info["key_fingerprint"] == encryption.fingerprint(key)
   assert info["adaptation"]["from_public_weights"]
   assert "SECURITY" in info["adaptation"]["warning"]
 
   # The exported model is the pretrained one adapted with the key: on
   # encrypted images it gives the pretrained model's logits on plain ones.
-  _, init = models.create("ViT-Ti_16", 4, 64, num_layers=1)
-  pretrained = models.load_pretrained(npz, init, "ViT-Ti_16")["params"]
-  plan = encryption.make_plan(key, "block_common", (64, 64, 3), 16)
-  expected = key_adaptation.adapt_vit(jax.device_get(pretrained), plan)
+  module, init = models.create("ViT-Ti_16", 4, 64, num_layers=1)
+  pretrained = jax.device_get(
+      models.load_pretrained(npz, init, "ViT-Ti_16")["params"])
+  plan = encryption.make_plan(key, scheme, (64, 64, 3), 16)
+  if "per_position" in variant:
+    # The in21k kernel repeated at the 4x4 positions, then adapted per block.
+    assert info["adaptation"]["per_position"]
+    expected = key_adaptation.adapt_vit(
+        key_adaptation.to_per_position(pretrained, 16), plan)
+  else:
+    expected = key_adaptation.adapt_vit(pretrained, plan)
   got = jax.device_get(variables["params"])
   for name in ("embedding", "Transformer"):
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6),
