@@ -151,5 +151,6 @@ def test_compare_on_cifar10_test_images(tmp_path, key_file, tfds_data_dir):
   assert result["images"] == 200
   assert result["differing_predictions"] == 0
   assert result["adapted_accuracy"] == result["plain_accuracy"]
+  assert 0.0 <= result["unadapted_accuracy"] <= 1.0
   assert os.path.exists(tmp_path / "run" / "adapted_accuracy" / "cifar10" /
                         "comparison.md")
