@@ -253,7 +253,8 @@ def compare(plain_dir: str, adapted_dir: str, key: bytes, out_dir: str, *,
                "differing predictions are expected (float rounding aside). "
                "'Plain model on encrypted': the unadapted plain model on "
                "the same encrypted images, the gap adaptation closes."])
-    table.add(info["model"], info["scheme"],
+    table.add(models.describe(info["model"], info["model_kwargs"]),
+              info["scheme"],
               ",".join(info["encryption_steps"] or ["all"]),
               info["block_size"], len(images), result["plain_accuracy"],
               result["adapted_accuracy"], result["unadapted_accuracy"],
@@ -358,7 +359,7 @@ def key_recovery(public_path: str, adapted_dir: str, out_dir: str, *,
   output.meta.update(result)
   with output as folder:
     table = tables.Table(
-        f"Key recovery from a key-adapted {info['model']} and the weights it "
+        "Key recovery from a key-adapted model and the weights it "
         f"came from ({info['scheme']}, block size {info['block_size']})",
         ["model", "scheme", "block positions recovered",
          "in-block values (and signs) recovered", "decrypts exactly"],
@@ -371,7 +372,8 @@ def key_recovery(public_path: str, adapted_dir: str, out_dir: str, *,
                "convolutional model has no position embedding; its block "
                "order is reported as recovered when the scheme does not "
                "scramble."])
-    table.add(info["model"], info["scheme"], result["block_order_accuracy"],
+    table.add(models.describe(info["model"], info["model_kwargs"]),
+              info["scheme"], result["block_order_accuracy"],
               result["in_block_accuracy"], decrypts)
     table.write(folder, "recovery")
     print(table.to_markdown())
@@ -437,7 +439,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                           per_position=args.per_position,
                           from_public_weights=args.from_public_weights)
       del key
-      print(f"wrote {args.out}: {info['model']} for {info['scheme']} "
+      model = models.describe(info["model"], info["model_kwargs"])
+      print(f"wrote {args.out}: {model} for {info['scheme']} "
             f"(steps {info['encryption_steps'] or 'all'}, block size "
             f"{info['block_size']}), key fingerprint {info['key_fingerprint']}; "
             "max abs logit difference on random images "

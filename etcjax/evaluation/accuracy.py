@@ -17,6 +17,7 @@ import numpy as np
 import tqdm
 
 from etcjax import encryption
+from etcjax import models
 from etcjax.encryption import jpeg
 from etcjax.evaluation import outputs
 from etcjax.evaluation import sources
@@ -178,7 +179,7 @@ def run(export_dir: str, out_dir: str, *, dataset: str,
     accuracy = evaluate(module, variables, images, test.labels, plan,
                         qualities, progress=progress)
     table = tables.Table(
-        f"{dataset}: accuracy of {info['model']} ({scheme or 'plain images'}) "
+        f"{dataset}: accuracy of the model ({scheme or 'plain images'}) "
         f"under JPEG compression, {len(test):,} {split} images",
         ["model", "scheme", "block size", "images"]
         + [_quality_name(q) for q in qualities] + ["accuracy at export"],
@@ -188,7 +189,8 @@ def run(export_dir: str, out_dir: str, *, dataset: str,
                "(4:2:0, libjpeg-turbo via PIL; decoded without chroma fancy "
                "upsampling). 'accuracy at export' is the training job's own "
                "final evaluation. Compare with the paper's Table III."])
-    table.add(info["model"], scheme or "plain", info["block_size"], len(test),
+    table.add(models.describe(info["model"], info["model_kwargs"]),
+              scheme or "plain", info["block_size"], len(test),
               *[accuracy[q] for q in qualities], info["eval_accuracy"])
     table.write(folder, "accuracy")
     print(table.to_markdown())

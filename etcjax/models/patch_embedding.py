@@ -41,6 +41,22 @@ def check_images(images, *, patch_size: int, channels: int, model: str) -> None:
         f"{patch_size}, got {h}x{w}")
 
 
+def space_to_depth(images, patch_size: int):
+  """Cuts images into non-overlapping patches, flattened in (row, col, channel) order.
+
+  Args:
+    images: `[N, H, W, C]`, H and W multiples of `patch_size` (P).
+
+  Returns:
+    `[N, H/P, W/P, P*P*C]` of the same dtype: entry (i, j) holds patch
+    (i, j) in the order of a `[P, P, C, D]` conv kernel's leading axes.
+  """
+  n, h, w, c = images.shape
+  p = patch_size
+  x = images.reshape(n, h // p, p, w // p, p, c)
+  return x.transpose(0, 1, 3, 2, 4, 5).reshape(n, h // p, w // p, p * p * c)
+
+
 class PatchEmbedding(nn.Module):
   """Non-overlapping P x P patches to D features: a conv with stride P.
 
@@ -72,13 +88,12 @@ class PatchEmbedding(nn.Module):
     Returns:
       `[N, H/P, W/P, D]` in `dtype`.
     """
-    n, h, w, c = images.shape
+    c = images.shape[-1]
     p = self.patch_size
     kernel = self.param("kernel", nn.initializers.lecun_normal(),
                         (p, p, c, self.features), jnp.float32)
     bias = self.param("bias", nn.initializers.zeros, (self.features,),
                       jnp.float32)
-    x = images.astype(self.dtype).reshape(n, h // p, p, w // p, p, c)
-    x = x.transpose(0, 1, 3, 2, 4, 5).reshape(n, h // p, w // p, p * p * c)
+    x = space_to_depth(images.astype(self.dtype), p)
     x = x @ kernel.reshape(p * p * c, self.features).astype(self.dtype)
     return x + bias.astype(self.dtype)

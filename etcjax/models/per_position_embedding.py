@@ -17,6 +17,8 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from etcjax.models import patch_embedding
+
 
 class PerPositionPatchEmbedding(nn.Module):
   """Non-overlapping P x P patches to D features, one kernel per position.
@@ -69,8 +71,8 @@ class PerPositionPatchEmbedding(nn.Module):
     kernel = self.param("kernel", init, shape, jnp.float32)
     bias = self.param("bias", nn.initializers.zeros, (self.features,),
                       jnp.float32)
-    x = images.astype(self.dtype).reshape(n, gh, p, gw, p, c)
-    x = x.transpose(0, 1, 3, 2, 4, 5).reshape(n, gh * gw, p * p * c)
+    x = patch_embedding.space_to_depth(images.astype(self.dtype), p)
+    x = x.reshape(n, gh * gw, p * p * c)
     x = jnp.einsum("nlk,lkd->nld", x,
                    kernel.reshape(gh * gw, p * p * c, self.features).astype(
                        self.dtype))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, Dict, Tuple
+from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
 import flax.linen as nn
 import jax
@@ -55,6 +55,25 @@ MODELS["ELE-ResNet-18"] = functools.partial(_adapted_resnet18,
 def list_models():
   """Returns the registered model names, sorted."""
   return sorted(MODELS)
+
+
+def describe(name: str, overrides: Optional[Mapping[str, Any]] = None) -> str:
+  """A model's display name with its constructor overrides, for logs and tables.
+
+  A registered name with overrides is another model (e.g. 'ConvMixer-256/8'
+  with dim=128 is not ConvMixer-256/8), so tables must not show the name
+  alone.
+
+  Args:
+    name: a registered name.
+    overrides: the `build` overrides ({} or None: the model as named).
+
+  Returns:
+    E.g. 'ConvMixer-256/8 (depth=6, dim=128)' or 'ViT-B_16'.
+  """
+  if not overrides:
+    return name
+  return f"{name} ({', '.join(f'{k}={v}' for k, v in sorted(overrides.items()))})"
 
 
 def build(name: str, num_classes: int, dtype=jnp.float32,

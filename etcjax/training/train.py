@@ -409,7 +409,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   logging.info(
       "%s: model %s on %s images %s, %d train / %d eval examples, %d steps "
       "of %d (%.2f epochs) on %d devices / %d processes, from step %d",
-      config.name, config.model, enc.scheme or "plain", enc.input_shape,
+      config.name, models.describe(config.model, config.model_kwargs.to_dict()),
+      enc.scheme or "plain", enc.input_shape,
       info.num_train, info.num_eval, total_steps, config.batch_size,
       total_steps / steps_per_epoch, jax.device_count(), jax.process_count(),
       start_step)

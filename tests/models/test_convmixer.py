@@ -181,3 +181,12 @@ def test_bfloat16_compute_keeps_float32_parameters(method):
   reference = jax.jit(lambda v, x: module.clone(dtype=jnp.float32).apply(
       v, x, train=True, mutable=["batch_stats"])[0])(variables, x)
   np.testing.assert_allclose(logits, reference, rtol=0.1, atol=0.1)
+
+
+def test_describe_names_the_overrides_that_make_another_model():
+  # A registered name with overrides is a different model; logs and
+  # tables must not call the CPU-sized ConvMixer 'ConvMixer-256/8'.
+  assert models.describe("ConvMixer-256/8") == "ConvMixer-256/8"
+  assert models.describe("ConvMixer-256/8", {}) == "ConvMixer-256/8"
+  assert (models.describe("ConvMixer-256/8", {"dim": 128, "depth": 6})
+          == "ConvMixer-256/8 (depth=6, dim=128)")
