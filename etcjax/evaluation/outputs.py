@@ -34,7 +34,9 @@ class TaskOutput:
   Attributes:
     path: the final folder.
     meta: dict written to `meta.json` on success (add to it while working);
-      never put key material in it (use `encryption.fingerprint`).
+      never put key material in it (use `encryption.fingerprint`). On
+      success it also holds `seconds`, the wall time since this object was
+      made (tasks may compute before they enter it), and `finished`.
   """
 
   def __init__(self, run_dir: str, task: str, name: Optional[str] = None,
@@ -49,7 +51,8 @@ class TaskOutput:
     self.meta: Dict[str, Any] = dict(meta or {}, task=task)
     if name:
       self.meta["dataset"] = name
-    self._start = None
+    # Timed from here: some tasks compute everything before they enter.
+    self._start = time.time()
     self.check()
 
   def check(self) -> None:
@@ -65,7 +68,6 @@ class TaskOutput:
     if os.path.exists(self._staging):
       shutil.rmtree(self._staging)
     os.makedirs(self._staging)
-    self._start = time.time()
     return self._staging
 
   def __exit__(self, exc_type, exc, tb) -> bool:

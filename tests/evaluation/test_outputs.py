@@ -94,3 +94,17 @@ def test_image_grid_marks_inapplicable_cells(tmp_path):
   assert os.path.getsize(path) > 0
   with pytest.raises(ValueError, match="labels"):
     figures.image_grid([[image]], ["a", "b"], ["c"], str(tmp_path / "x.png"))
+
+
+def test_task_output_times_work_done_before_entering(tmp_path, monkeypatch):
+  # adapt compare computes everything, then enters to write: its meta must
+  # not say it took 0 seconds.
+  now = [100.0]
+  monkeypatch.setattr(outputs.time, "time", lambda: now[0])
+  out = outputs.TaskOutput(str(tmp_path), "task", "data")
+  now[0] = 130.0  # the work
+  with out as folder:
+    open(os.path.join(folder, "t.md"), "w").close()
+    now[0] = 142.5
+  with open(os.path.join(out.path, outputs.META_FILE)) as f:
+    assert json.load(f)["seconds"] == 42.5
