@@ -393,9 +393,11 @@ def _score_jigsaw(table, key, scheme, shape, assemblies, plain, plan
 def _learned_table(dataset) -> tables.Table:
   return tables.Table(
       f"{dataset}: training of the learned attacks",
-      ["scheme", "attack", "steps", "batch size", "width", "first loss",
+      ["scheme", "attack", "steps", "batch size", "width", "levels",
+       "pixel cells", "learning rate", "first loss",
        "last loss (mean of last 10%)"],
-      formats={"first loss": ".4f", "last loss (mean of last 10%)": ".4f"},
+      formats={"learning rate": "g", "first loss": ".4f",
+               "last loss (mean of last 10%)": ".4f"},
       notes=["GAN: generator loss (LSGAN + 10 x cycle L1); ITN: L1 in [-1, 1] "
              "units. Few steps (smoke size) give untrained networks: their "
              "scores then say nothing about the attack's strength."])
@@ -404,7 +406,9 @@ def _learned_table(dataset) -> tables.Table:
 def _add_learned(table, scheme, name, history, training) -> None:
   losses = [h["generator"] if isinstance(h, dict) else h for h in history]
   tail = losses[-max(1, len(losses) // 10):]
+  cells = training.space_to_depth
   table.add(scheme, name, len(losses), training.batch_size, training.width,
+            training.levels, f"{cells}x{cells}", training.learning_rate,
             losses[0], float(np.mean(tail)))
 
 

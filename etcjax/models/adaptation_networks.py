@@ -31,6 +31,8 @@ import jax
 import jax.numpy as jnp
 
 from etcjax.models.patch_embedding import check_images
+from etcjax.models.patch_embedding import depth_to_space
+from etcjax.models.patch_embedding import space_to_depth
 
 BN_MOMENTUM = 0.9  # PyTorch's 0.1
 BN_EPSILON = 1e-5
@@ -54,23 +56,6 @@ def nibble_planes(images):
   lower = pixels - 16 * upper
   planes = jnp.concatenate([upper, lower], axis=-1) / 7.5 - 1
   return jax.lax.stop_gradient(planes)
-
-
-def space_to_depth(x, block_size: int):
-  """`[N, H, W, C]` -> `[N, H/M, W/M, M*M*C]`, block values row-major (M, M, C)."""
-  n, h, w, c = x.shape
-  m = block_size
-  x = x.reshape(n, h // m, m, w // m, m, c).transpose(0, 1, 3, 2, 4, 5)
-  return x.reshape(n, h // m, w // m, m * m * c)
-
-
-def depth_to_space(x, block_size: int):
-  """Inverse of `space_to_depth`: `[N, h, w, M*M*C]` -> `[N, h*M, w*M, C]`."""
-  n, h, w, d = x.shape
-  m = block_size
-  c = d // (m * m)
-  x = x.reshape(n, h, w, m, m, c).transpose(0, 1, 3, 2, 4, 5)
-  return x.reshape(n, h * m, w * m, c)
 
 
 class PerPositionDense(nn.Module):

@@ -57,6 +57,23 @@ def space_to_depth(images, patch_size: int):
   return x.transpose(0, 1, 3, 2, 4, 5).reshape(n, h // p, w // p, p * p * c)
 
 
+def depth_to_space(patches, patch_size: int):
+  """Inverse of `space_to_depth`.
+
+  Args:
+    patches: `[N, h, w, P*P*C]`, each entry a patch in (row, col, channel)
+      order.
+
+  Returns:
+    `[N, h*P, w*P, C]` of the same dtype.
+  """
+  n, h, w, d = patches.shape
+  p = patch_size
+  c = d // (p * p)
+  x = patches.reshape(n, h, w, p, p, c).transpose(0, 1, 3, 2, 4, 5)
+  return x.reshape(n, h * p, w * p, c)
+
+
 class PatchEmbedding(nn.Module):
   """Non-overlapping P x P patches to D features: a conv with stride P.
 

@@ -94,9 +94,8 @@ def train(context: threat_model.AttackContext
   if len(context.public_encrypted) == 0 or len(context.public_plain) == 0:
     raise ValueError("the GAN attack needs encrypted and plain training images")
   rng = np.random.default_rng(context.seed)
-  widths = networks.widths(size.width, size.levels)
-  generator = networks.UNet(widths)
-  discriminator = networks.PatchDiscriminator(widths)
+  generator = networks.generator(size, context.image_shape)
+  discriminator = networks.discriminator(size, context.image_shape)
   h, w, _ = context.image_shape
   dummy = jnp.zeros((1, h, w, 3), jnp.float32)
   keys = jax.random.split(jax.random.key(context.seed), 4)

@@ -109,7 +109,7 @@ def train(context: threat_model.AttackContext) -> Tuple[networks.UNet, dict, Lis
   size = context.training
   rng = np.random.default_rng(context.seed)
   pool = KeyPool(context, attacker_keys(context.seed, size.num_keys))
-  module = networks.UNet(networks.widths(size.width, size.levels))
+  module = networks.generator(size, context.image_shape)
   h, w, _ = context.image_shape
   params = module.init(jax.random.key(context.seed),
                        jnp.zeros((1, h, w, 3), jnp.float32))["params"]
