@@ -38,6 +38,13 @@ setuptools.setup(
     python_requires=">=3.10",
     packages=setuptools.find_packages(include=["etcjax", "etcjax.*"]),
     install_requires=INSTALL_REQUIRES,
+    # The host encryption kernel (etcjax/encryption/host_kernel.py). Optional:
+    # without a C compiler the install succeeds and XLA does the work.
+    ext_modules=[
+        setuptools.Extension("etcjax.encryption._segments",
+                             ["etcjax/encryption/_segments.c"],
+                             extra_compile_args=["-O3"], optional=True)
+    ],
     extras_require=EXTRAS,
     license="Apache-2.0",
 )

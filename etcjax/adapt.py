@@ -141,7 +141,7 @@ def adapt_export(export_dir: str, key: bytes, out_dir: str, *,
         0, 256, (check_images,) + image_shape, np.uint8)
     [expected] = _logits(module, variables, images)
     [got] = _logits(adapted_module, adapted,
-                    np.asarray(encryption.apply(plan, images)))
+                    encryption.apply_numpy(plan, images))
     max_diff = float(np.abs(got - expected).max())
     scale = float(np.abs(expected).max()) + 1.0
     if max_diff > 1e-3 * scale:
@@ -225,7 +225,7 @@ def compare(plain_dir: str, adapted_dir: str, key: bytes, out_dir: str, *,
   images = accuracy_lib.resize(test.images, plain_info["image_shape"][:2])
   plain_module, plain_vars, _ = export_lib.load(plain_dir)
   module, variables, _ = export_lib.load(adapted_dir)
-  encrypted = np.asarray(encryption.apply(plan, images))
+  encrypted = encryption.apply_numpy(plan, images)
   plain_logits, unadapted_logits = _logits(plain_module, plain_vars, images,
                                            encrypted)
   [adapted_logits] = _logits(module, variables, encrypted)

@@ -407,7 +407,7 @@ def plan_encrypt_fn(key: bytes, scheme: str, image_shape, block_size: int,
   # On device once: every chunk reuses the plan's index arrays.
   plan = jax.device_put(encryption.make_plan(key, scheme, image_shape,
                                              block_size, steps))
-  return lambda images, ids: np.asarray(encryption.apply(plan, images))
+  return lambda images, ids: encryption.apply_numpy(plan, images)
 
 
 # --------------------------------------------------------------------------
@@ -671,7 +671,7 @@ def cmd_decrypt(args) -> int:
         chunk_plan = plan if plan is not None else encryption.make_plan(
             key, scheme, image_shape, block_size, manifest["steps"],
             image_ids=manifest_lib.image_key_ids(split, indices[positions]))
-        plain = np.asarray(encryption.invert(chunk_plan, encrypted))
+        plain = encryption.invert_numpy(chunk_plan, encrypted)
         for p, image in zip(positions, plain):
           name = manifest["label_names"][labels[p]]
           manifest_lib.atomic_write(

@@ -96,7 +96,7 @@ class Classifier:
     # With the export's steps: a key-adapted ConvMixer, e.g., expects
     # 'block_common' without block scrambling.
     plan = export_lib.encryption_plan(info, key)
-    encrypted_images = np.asarray(encryption.apply(plan, images))
+    encrypted_images = encryption.apply_numpy(plan, images)
     if info["jpeg_quality"] is not None:
       encrypted_images = jpeg.jpeg_round_trip(
           encrypted_images, info["jpeg_quality"], "4:2:0")

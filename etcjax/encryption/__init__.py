@@ -13,6 +13,10 @@ per image shape and applied with jitted gathers:
     encrypted = encryption.apply(plan, images)   # inside jit too
     plain = encryption.invert(plan, encrypted)
 
+Numpy batches on the host (the client CLI): `apply_numpy`/`invert_numpy`
+give the same results through a compiled CPU kernel for EtC with 16x16
+blocks (`host_kernel`), 3-4x faster than XLA's gather on a CPU.
+
 This package imports nothing else of etcjax.
 """
 
@@ -20,11 +24,13 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from etcjax.encryption import host_kernel
 from etcjax.encryption import plans
 from etcjax.encryption.keys import (InvalidKeyError, KeyMismatchError,
                                     KeyStream, check_fingerprint, check_key,
                                     fingerprint, generate_key, load_key,
                                     save_key)
+from etcjax.encryption.host_kernel import apply_numpy, invert_numpy
 from etcjax.encryption.plans import Plan, apply, invert
 from etcjax.encryption.schemes import (SCHEMES, Scheme, get_scheme,
                                        make_plan)
@@ -42,10 +48,6 @@ def _plan_for(images, key, scheme, block_size, steps, image_ids, encrypted):
           f"{tuple(shape)}")
     h, w, c = h, w // 3, 3
   return make_plan(key, scheme, (h, w, c), block_size, steps, image_ids)
-
-
-def _like_input(result, images):
-  return np.asarray(result) if isinstance(images, np.ndarray) else result
 
 
 def encrypt(images, key: bytes, scheme: str = "etc",
@@ -68,7 +70,9 @@ def encrypt(images, key: bytes, scheme: str = "etc",
     `images` is numpy, else a jax array.
   """
   plan = _plan_for(images, key, scheme, block_size, steps, image_ids, False)
-  return _like_input(apply(plan, images), images)
+  if isinstance(images, np.ndarray):
+    return host_kernel.apply_numpy(plan, images)
+  return apply(plan, images)
 
 
 def decrypt(images, key: bytes, scheme: str = "etc",
@@ -84,12 +88,14 @@ def decrypt(images, key: bytes, scheme: str = "etc",
     uint8 `[N, H, W, 3]` plain images (numpy when `images` is numpy).
   """
   plan = _plan_for(images, key, scheme, block_size, steps, image_ids, True)
-  return _like_input(invert(plan, images), images)
+  if isinstance(images, np.ndarray):
+    return host_kernel.invert_numpy(plan, images)
+  return invert(plan, images)
 
 
 __all__ = [
     "InvalidKeyError", "KeyMismatchError", "KeyStream", "Plan", "SCHEMES",
-    "Scheme", "apply", "check_fingerprint", "check_key", "decrypt", "encrypt",
-    "fingerprint", "generate_key", "get_scheme", "invert", "load_key",
-    "make_plan", "save_key",
+    "Scheme", "apply", "apply_numpy", "check_fingerprint", "check_key",
+    "decrypt", "encrypt", "fingerprint", "generate_key", "get_scheme",
+    "invert", "invert_numpy", "load_key", "make_plan", "save_key",
 ]

@@ -22,7 +22,10 @@ because its extra passes cost more than it saves on the gather: a gather of
 whole pixels (3-byte slices) plus a per-pixel channel select, a loop over
 blocks with a switch over the 8 symmetries (both in
 benchmarks/encryption_speed.py --alternatives), uint32 channel packing and
-batch-minor layouts.
+batch-minor layouts. For numpy batches on a CPU (the client CLI),
+`host_kernel` runs EtC's 16x16 blocks as SSSE3 byte shuffles of block rows
+instead, with identical results, at 2.5x a memory copy against this
+gather's 9x.
 """
 
 from __future__ import annotations
@@ -322,7 +325,7 @@ def check_images(images, what: str = "images") -> Tuple[int, ...]:
   return tuple(shape)
 
 
-def _check_batch(plan: Plan, images, encrypted: bool) -> None:
+def check_batch(plan: Plan, images, encrypted: bool) -> None:
   """Raises a specific error unless `images` is a uint8 batch for `plan`."""
   if not isinstance(plan, Plan):
     raise TypeError(
@@ -367,7 +370,7 @@ def apply(plan: Plan, images):
   Raises:
     TypeError, ValueError: for a non-uint8 or mis-shaped batch.
   """
-  _check_batch(plan, images, encrypted=False)
+  check_batch(plan, images, encrypted=False)
   return _encrypt_flat(plan.gather, plan.xor, images,
                        representation=plan.representation,
                        out_shape=plan.encrypted_shape)
@@ -388,7 +391,7 @@ def invert(plan: Plan, encrypted):
   Raises:
     TypeError, ValueError: for a non-uint8 or mis-shaped batch.
   """
-  _check_batch(plan, encrypted, encrypted=True)
+  check_batch(plan, encrypted, encrypted=True)
   return _decrypt_flat(plan.ungather, plan.xor, encrypted,
                        representation=plan.representation,
                        out_shape=plan.image_shape)

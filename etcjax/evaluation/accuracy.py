@@ -45,7 +45,7 @@ def model_inputs(images: np.ndarray, plan: Optional[encryption.Plan],
   Returns:
     uint8 `[N] + input_shape`.
   """
-  x = images if plan is None else np.asarray(encryption.apply(plan, images))
+  x = images if plan is None else encryption.apply_numpy(plan, images)
   if quality is not None:
     x = jpeg.jpeg_round_trip(x, quality, "4:2:0")
   return x
