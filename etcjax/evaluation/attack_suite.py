@@ -34,6 +34,7 @@ from etcjax import encryption
 from etcjax.evaluation import attacks as attacks_lib
 from etcjax.evaluation import figures
 from etcjax.evaluation import outputs
+from etcjax.evaluation import resume
 from etcjax.evaluation import sources
 from etcjax.evaluation import tables
 from etcjax.evaluation import visual_metrics
@@ -223,6 +224,11 @@ def run(dataset: str, key: bytes, out_dir: str, *, size: str = "smoke",
                      jigsaw_images={s: len(r) for s, r in jigsaw_rows.items()
                                     if s in jigsaw.JIGSAW_SCHEMES})
 
+  # Finished (scheme, attack) pieces survive a crash: a rerun resumes.
+  store = resume.ResumeStore(output.path, output.meta, overwrite)
+  if store.resumed and progress:
+    print(f"resuming: {len(store.resumed)} finished pieces in {store.path}")
+
   with output as folder:
     scores: Dict[str, Dict[str, Dict[str, np.ndarray]]] = {}
     grids = {i: {} for i in examples}
@@ -234,46 +240,64 @@ def run(dataset: str, key: bytes, out_dir: str, *, size: str = "smoke",
       for scheme in tqdm.tqdm(schemes, desc=f"attacks on {dataset}",
                               disable=not progress):
         scores[scheme] = {}
-        plan = encryption.make_plan(
-            key, "pe" if scheme == "pe_per_image" else scheme, shape)
-        encrypted = sources.encrypt(test, key, scheme)
-        context = threat_model.AttackContext(
-            scheme=scheme, block_size=plan.block_size, steps=None,
-            image_shape=shape, encrypted_shape=plan.encrypted_shape,
-            representation=plan.representation, encrypted=encrypted,
-            public_plain=public_plain,
-            public_encrypted=sources.encrypt(public_encrypt, key, scheme),
-            training=training, seed=seed, progress=progress)
-        results = {ENCRYPTED: (visual_metrics.as_rgb(encrypted, plan.representation),
-                               np.arange(len(test)))}
-        for name in reconstructing:
-          if not attacks_lib.ATTACKS[name].applies_to(scheme):
-            continue
-          rows = (jigsaw_rows[scheme] if name == "jigsaw"
-                  else np.arange(len(test)))
-          sub = dataclasses.replace(context, encrypted=encrypted[rows])
-          images, extras = attacks_lib.reconstruct(name, sub, prior)
-          results[name] = (images, rows)
-          if name == "jigsaw":
-            results[JIGSAW_ORACLE] = (
-                _score_jigsaw(jigsaw_table, key, scheme, shape,
-                              extras["assemblies"], test.images[rows], plan),
-                rows)
-          if "history" in extras:
-            _add_learned(learned_table, scheme, name, extras["history"],
-                         training)
-        for name, (images, rows) in results.items():
-          plain = test.images[rows]
-          ssim = visual_metrics.ssim(plain, images)
-          psnr = visual_metrics.psnr(plain, images)
-          scores[scheme][name] = {"ssim": ssim, "psnr": psnr}
-          for i, s, p in zip(rows, ssim, psnr):
-            per_image.writerow([scheme, name, int(test.indices[i]),
-                                f"{s:.6f}", f"{p:.4f}"])
-          for example in examples:
-            hit = np.flatnonzero(rows == example)
-            if hit.size:
-              grids[example].setdefault(scheme, {})[name] = images[hit[0]]
+        names = [ENCRYPTED] + [n for n in reconstructing
+                               if attacks_lib.ATTACKS[n].applies_to(scheme)]
+        piece = _Piece(store, scheme, test, examples)
+        if not all(store.has(piece.unit(n)) for n in names):
+          plan = encryption.make_plan(
+              key, "pe" if scheme == "pe_per_image" else scheme, shape)
+          encrypted = sources.encrypt(test, key, scheme)
+          context = threat_model.AttackContext(
+              scheme=scheme, block_size=plan.block_size, steps=None,
+              image_shape=shape, encrypted_shape=plan.encrypted_shape,
+              representation=plan.representation, encrypted=encrypted,
+              public_plain=public_plain,
+              public_encrypted=sources.encrypt(public_encrypt, key, scheme),
+              training=training, seed=seed, progress=progress)
+        for name in names:
+          if store.has(piece.unit(name)):
+            pass
+          elif name == ENCRYPTED:
+            piece.save(name, visual_metrics.as_rgb(encrypted,
+                                                   plan.representation),
+                       np.arange(len(test)))
+          else:
+            rows = (jigsaw_rows[scheme] if name == "jigsaw"
+                    else np.arange(len(test)))
+            sub = dataclasses.replace(context, encrypted=encrypted[rows])
+            images, extras = attacks_lib.reconstruct(name, sub, prior)
+            info = {}
+            if name == "jigsaw":
+              row_table = _jigsaw_table(dataset)
+              oracle = _score_jigsaw(row_table, key, scheme, shape,
+                                     extras["assemblies"], test.images[rows],
+                                     plan)
+              piece.save(JIGSAW_ORACLE, oracle, rows)
+              info["jigsaw_row"] = row_table.rows[0]
+            if "history" in extras:
+              row_table = _learned_table(dataset)
+              _add_learned(row_table, scheme, name, extras["history"],
+                           training)
+              info["learned_row"] = row_table.rows[0]
+            # Saved last: its presence says the whole attack is done.
+            piece.save(name, images, rows, info)
+          for result in ([name, JIGSAW_ORACLE] if name == "jigsaw"
+                         else [name]):
+            arrays, info = store.load(piece.unit(result))
+            rows = arrays["rows"]
+            scores[scheme][result] = {"ssim": arrays["ssim"],
+                                      "psnr": arrays["psnr"]}
+            for i, s, p in zip(rows, arrays["ssim"], arrays["psnr"]):
+              per_image.writerow([scheme, result, int(test.indices[i]),
+                                  f"{s:.6f}", f"{p:.4f}"])
+            for example in examples:
+              if f"grid_{example}" in arrays:
+                grids[example].setdefault(scheme, {})[result] = arrays[
+                    f"grid_{example}"]
+            if "jigsaw_row" in info:
+              jigsaw_table.add(*info["jigsaw_row"])
+            if "learned_row" in info:
+              learned_table.add(*info["learned_row"])
     _summary_table(dataset, scores, reconstructing).write(
         folder, "ssim_psnr")
     if jigsaw_table.rows:
@@ -283,7 +307,45 @@ def run(dataset: str, key: bytes, out_dir: str, *, size: str = "smoke",
     if "brute_force" in attack_names:
       brute_force.table(schemes, [(dataset, shape)]).write(folder, "brute_force")
     _figures(folder, dataset, scores, grids, test, schemes, reconstructing)
+  store.clear()
   return output.path
+
+
+class _Piece:
+  """Scores one (scheme, attack) result and saves it to the resume store."""
+
+  def __init__(self, store: resume.ResumeStore, scheme: str,
+               test: sources.Images, examples: Sequence[int]):
+    self._store = store
+    self._scheme = scheme
+    self._test = test
+    self._examples = examples
+
+  def unit(self, name: str) -> str:
+    return f"{self._scheme}__{name}"
+
+  def save(self, name: str, images: np.ndarray, rows: np.ndarray,
+           info: Optional[Dict] = None) -> None:
+    """Scores reconstructions `images` of test images `rows`; saves them.
+
+    Only the scores and the example images are kept, not the
+    reconstructions (Imagenette's would be gigabytes).
+    """
+    plain = self._test.images[rows]
+    arrays = {"rows": np.asarray(rows),
+              "ssim": visual_metrics.ssim(plain, images),
+              "psnr": visual_metrics.psnr(plain, images)}
+    for example in self._examples:
+      hit = np.flatnonzero(rows == example)
+      if hit.size:
+        arrays[f"grid_{example}"] = images[hit[0]]
+    self._store.save(self.unit(name), arrays, _json_row(info or {}))
+
+
+def _json_row(info: Dict) -> Dict:
+  # Table rows hold numpy scalars; the store keeps JSON.
+  return {k: [v.item() if isinstance(v, np.generic) else v for v in row]
+          for k, row in info.items()}
 
 
 def _result_names(attack_names: Sequence[str]) -> List[str]:

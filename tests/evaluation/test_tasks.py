@@ -72,6 +72,46 @@ def test_attack_suite_tag_and_per_scheme_jigsaw_limits(tfds_data_dir,
                      attack_names=["fr"], tag="../up", progress=False)
 
 
+def test_attack_suite_resumes_after_a_crash(tfds_data_dir, tmp_path,
+                                            monkeypatch):
+  args = dict(size="smoke", schemes=["etc", "pe"],
+              attack_names=["fr", "jigsaw"], data_dir=tfds_data_dir,
+              test_limit=12, jigsaw_limit=4, progress=False)
+  reference = attack_suite.run("cifar10", KEY, str(tmp_path / "ref"), **args)
+
+  calls = []
+  real = attack_suite.attacks_lib.reconstruct
+
+  def crash_on_pe(name, context, prior):
+    calls.append((context.scheme, name))
+    if context.scheme == "pe":
+      raise RuntimeError("power cut")
+    return real(name, context, prior)
+
+  run_dir = str(tmp_path / "run")
+  monkeypatch.setattr(attack_suite.attacks_lib, "reconstruct", crash_on_pe)
+  with pytest.raises(RuntimeError, match="power cut"):
+    attack_suite.run("cifar10", KEY, run_dir, **args)
+  assert not os.path.exists(os.path.join(run_dir, "attacks", "cifar10"))
+  store = os.path.join(run_dir, "attacks", ".cifar10.resume")
+  assert "etc__jigsaw.npz" in os.listdir(store)
+
+  # Other settings do not mix with the unfinished run's pieces.
+  with pytest.raises(FileExistsError, match="test_images differ"):
+    attack_suite.run("cifar10", KEY, run_dir, **dict(args, test_limit=10))
+
+  calls.clear()
+  monkeypatch.setattr(attack_suite.attacks_lib, "reconstruct",
+                      lambda *a: calls.append((a[1].scheme, a[0])) or real(*a))
+  path = attack_suite.run("cifar10", KEY, run_dir, **args)
+  assert calls == [("pe", "fr")]  # etc's attacks were not run again
+  assert not os.path.exists(store)
+  for name in ("per_image.csv", "ssim_psnr.csv", "jigsaw.csv"):
+    with open(os.path.join(path, name)) as got, \
+        open(os.path.join(reference, name)) as want:
+      assert got.read() == want.read(), name
+
+
 @pytest.mark.parametrize("argv, message", [
     (["attacks", "--attacks=sudoku"], "unknown attack 'sudoku'; known attacks"),
     (["attacks", "--attacks=jigsaw", "--schemes=pe,le"],
