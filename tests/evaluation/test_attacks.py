@@ -73,6 +73,47 @@ def test_fr_advanced_restores_pe_up_to_a_global_transform():
   assert np.mean(np.all(fr_attack.fold(context.encrypted) == images, -1)) < 0.5
 
 
+def _brute_force_pixel_decoding(encrypted, transforms, prior, weight):
+  """FR's per-pixel decoding by building and scoring every candidate."""
+  n, h, w, c = encrypted.shape
+  units = encrypted.reshape(n, h, 1, w, 1, c).transpose(0, 1, 3, 2, 4, 5)
+  decoded = np.zeros((n, h, w, 1, 1, c), np.int32)
+  decoded[:, 0, 0] = priors.apply_photometric(units[:, 0, 0], transforms[0])
+  for k in range(1, h + w - 1):
+    rows = np.arange(max(0, k - w + 1), min(h - 1, k) + 1)
+    cols = k - rows
+    cand = np.stack([priors.apply_photometric(units[:, rows, cols], t)
+                     for t in transforms], axis=2).astype(np.int32)
+    predictions, valid = fr_attack._pixel_predictions(decoded, rows, cols)  # pylint: disable=protected-access
+    errors = np.abs(cand[:, :, :, None, 0, 0]
+                    - predictions[:, :, None]).sum(-1)
+    cost = ((errors * valid[None, :, None]).sum(-1)
+            / valid.sum(-1)[None, :, None])
+    cost = cost - weight * prior.colour_log_likelihood(cand).mean((-1, -2))
+    best = np.argmin(cost, axis=2)
+    decoded[:, rows, cols] = np.take_along_axis(
+        cand, best[:, :, None, None, None, None], axis=2)[:, :, 0]
+  return decoded.transpose(0, 1, 3, 2, 4, 5).reshape(n, h, w, c)
+
+
+@pytest.mark.parametrize("steps", [None, ("negpos",), ("channel",)])
+def test_fr_pixel_decoding_equals_scoring_every_candidate(steps):
+  images = np.concatenate([smooth_images(4, 16, 16),
+                           np.random.default_rng(0).integers(
+                               0, 256, (2, 16, 16, 3), np.uint8)])
+  prior = priors.ImagePrior.fit(images)
+  plan = encryption.make_plan(KEY, "pe", (16, 16, 3), steps=steps)
+  encrypted = np.asarray(encryption.apply(plan, images))
+  transforms = priors.photometric_transforms(
+      3, colour=steps != ("negpos",), inversion=steps != ("channel",),
+      per_channel_inversion=True)
+  for weight in (0.0, fr_attack.PRIOR_WEIGHT):
+    np.testing.assert_array_equal(
+        fr_attack.decode_units(encrypted, 1, transforms, prior=prior,
+                               prior_weight=weight),
+        _brute_force_pixel_decoding(encrypted, transforms, prior, weight))
+
+
 def test_jigsaw_restores_scrambled_smooth_blocks_exactly():
   images = smooth_images(2, 64, 64, seed=1)
   context, plan = context_for("etc", images, steps=("scramble",))

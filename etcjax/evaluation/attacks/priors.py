@@ -27,7 +27,7 @@ from etcjax.encryption import schemes
 # A photometric transform: (channel order, per-channel XOR mask of 0/255).
 Photometric = Tuple[Tuple[int, ...], Tuple[int, ...]]
 
-_BITS = 4  # Colour histogram bins per channel: 2^4.
+COLOUR_BITS = 4  # Colour histogram bins per channel: 2^4.
 _GRID = 4  # Layout cells per side.
 
 
@@ -110,7 +110,7 @@ class ImagePrior:
       raise ValueError(
           f"a prior needs at least 2 RGB images [M, H, W, 3], got {images.shape}")
     counts = np.bincount(_colour_bins(_sample(images)).reshape(-1),
-                         minlength=1 << (3 * _BITS)).astype(np.float64)
+                         minlength=1 << (3 * COLOUR_BITS)).astype(np.float64)
     logp = np.log((counts + 1.0) / (counts.sum() + counts.size))
     cells = _cell_means(images)
     return cls(logp, cells.mean(0), cells.std(0) + 4.0)
@@ -152,8 +152,8 @@ def _sample(images: np.ndarray) -> np.ndarray:
 
 
 def _colour_bins(images: np.ndarray) -> np.ndarray:
-  q = np.asarray(images, np.int64) >> (8 - _BITS)
-  return (q[..., 0] << (2 * _BITS)) | (q[..., 1] << _BITS) | q[..., 2]
+  q = np.asarray(images, np.int64) >> (8 - COLOUR_BITS)
+  return (q[..., 0] << (2 * COLOUR_BITS)) | (q[..., 1] << COLOUR_BITS) | q[..., 2]
 
 
 def _cell_means(images: np.ndarray) -> np.ndarray:
