@@ -96,8 +96,8 @@ __attribute__((target("ssse3"))) static inline void shuffle_segment(
 }
 #endif
 
-/* One image, segment by segment. `shuffle` is a compile-time constant in each caller, so each variant is
-   compiled without the other's branch. */
+/* One image, segment by segment. `shuffle` is a compile-time constant in
+   each caller, so each variant is compiled without the other's branch. */
 static inline __attribute__((always_inline)) void run_image(
     const Table *t, const uint8_t *xi, uint8_t *oi, const uint8_t *next,
     int shuffle) {

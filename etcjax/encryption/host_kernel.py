@@ -1,10 +1,10 @@
-"""A compiled CPU kernel for plans that move whole pixels (EtC, PE, ...).
+"""A compiled CPU kernel for EtC with 16x16 blocks on numpy batches.
 
 `plans.apply` is one XLA gather: right for accelerators and for use inside
 jitted training steps, but XLA:CPU emits gathers element by element (about
 1.5 ns per byte here, 10x a memory copy). A data owner encrypting a dataset
 on a CPU gets the same result from this kernel, which moves EtC's block rows
-as 48-byte SSSE3 byte shuffles and everything else with a scalar loop.
+as 48-byte SSSE3 byte shuffles (a scalar loop on CPUs without SSSE3).
 
 How it works: `table_for(plan)` cuts the plan's output into segments of 16
 consecutive pixels (a row of a 16x16 block) such that every segment reads
@@ -16,9 +16,11 @@ EtC's YCbCr planes, PE, in-block pixel shuffles) have no table, and
 `apply_numpy`/`invert_numpy` use `plans.apply` for them.
 
 Measured with benchmarks/encryption_speed.py on a 2-core VM: a
-128x224x224x3 batch in 2.6-3.6x the time of `np.copy` (XLA: 10-12x); the
-transposition of the blocks read down a column and the cache misses of
-reading rows from all over an image are most of what remains.
+128x224x224x3 batch in 2.5x the time of `np.copy` (XLA: 9x). Blocks read
+down a column are transposed into a small buffer first, so that every
+segment is a contiguous 48-byte row; the next image is prefetched while
+one is encrypted, since reading rows from all over an image defeats the
+hardware prefetcher.
 
 The kernel is a C extension (`_segments.c`) built by `pip install`; where
 it could not be built (no compiler), `available()` is False and everything
@@ -54,23 +56,24 @@ def available() -> bool:
 class SegmentTable:
   """A plan as segments of pixels read at a constant step.
 
-  Segments are listed in the order the kernel runs them (output block by
-  block, for locality); `dest` says where each goes.
+  Segments are in output order (`dest` says where each goes).
 
   Attributes:
     length: L, pixels per segment (16).
     dest: int64 `[S]`, byte offset of each segment in an output image.
-    source: int64 `[S]`, byte offset (within one image, or within the
-      scratch image) of the source of the segment's first pixel.
+    source: int64 `[S]`, byte offset of the source of the segment's first
+      pixel, within the image or (`from_block`) within the buffer of
+      transposed blocks.
     step: int64 `[S]`, byte step between the sources of consecutive pixels.
     pattern: int16 `[S]`, index into `_SHUFFLES`, or -1 for the scalar loop.
     cmap: uint8 `[S, 3]`, source channel of each output channel.
     mask: uint8 `[S, 3]`, XOR mask of each output channel.
     from_block: uint8 `[S]`, 1 where the segment reads a row of a
-      transposed source block (`source` and `step` then count within that
-      block's buffer of B rows of 3B bytes).
+      transposed source block in the buffer (one row of blocks: a slot of
+      B rows of 3B bytes per output block column).
     transpose: int64 `[S]`, byte offset of the top-left corner of the
       source block to transpose into the buffer before the segment, or -1.
+    transpose_to: int64 `[S]`, where in the buffer that block goes.
     pixels_bytes: bytes of one image.
     row_bytes: bytes of one image row (3W).
   """
