@@ -298,7 +298,9 @@ def run(dataset: str, key: bytes, out_dir: str, *, size: str = "smoke",
               jigsaw_table.add(*info["jigsaw_row"])
             if "learned_row" in info:
               learned_table.add(*info["learned_row"])
-    _summary_table(dataset, scores, reconstructing).write(
+    references = chance_levels(test.images)
+    output.meta["reference_ssim"] = references
+    _summary_table(dataset, scores, reconstructing, references).write(
         folder, "ssim_psnr")
     if jigsaw_table.rows:
       jigsaw_table.write(folder, "jigsaw")
@@ -358,7 +360,30 @@ def _result_names(attack_names: Sequence[str]) -> List[str]:
   return names
 
 
-def _summary_table(dataset, scores, attack_names) -> tables.Table:
+def chance_levels(images: np.ndarray) -> Dict[str, float]:
+  """Mean SSIM of guesses that use no information from the encrypted image.
+
+  A reconstruction scores something only above these: SSIM against each
+  image of another image of the set (the next one), and of the set's mean
+  image (what a network that ignores its input learns at best).
+
+  Args:
+    images: uint8 `[N, H, W, 3]` plain test images, N >= 2.
+
+  Returns:
+    {'unrelated image': ..., 'mean image': ...}.
+  """
+  mean = np.broadcast_to(np.round(images.mean(axis=0)).astype(np.uint8),
+                         images.shape)
+  return {
+      "unrelated image": float(visual_metrics.ssim(
+          images, np.roll(images, 1, axis=0)).mean()),
+      "mean image": float(visual_metrics.ssim(images, mean).mean()),
+  }
+
+
+def _summary_table(dataset, scores, attack_names,
+                   references: Dict[str, float]) -> tables.Table:
   table = tables.Table(
       f"{dataset}: SSIM and PSNR of reconstructions against the plain images",
       ["scheme", "attack", "images", "SSIM mean", "SSIM std", "SSIM median",
@@ -374,6 +399,10 @@ def _summary_table(dataset, scores, attack_names) -> tables.Table:
              f"Verdict from mean SSIM: >= {BROKEN_SSIM} BROKEN (content "
              f"recovered), >= {LEAK_SSIM} partial leak, else resisted; "
              "look at the example grids too.",
+             "Chance levels on these test images (guesses that use nothing "
+             "of the encrypted image): mean SSIM of another test image "
+             f"{references['unrelated image']:.3f}, of the test set's mean "
+             f"image {references['mean image']:.3f}.",
              "Paper: MaungMaung & Kiya 2022, Fig. 8 (CIFAR-10 only)."])
   for scheme, per_attack in scores.items():
     paper = PAPER_SSIM_CIFAR10.get(scheme, {}) if dataset == "cifar10" else {}

@@ -39,6 +39,19 @@ def test_attack_suite_smoke_on_cifar10(tfds_data_dir, tmp_path):
   assert float(etc["right place up to global rotation/flip"]) > 0.8
   meta = json.load(open(os.path.join(path, "meta.json")))
   assert meta["key_fingerprint"] and KEY.hex() not in json.dumps(meta)
+  # Natural images share more with their set's mean than with each other.
+  chance = meta["reference_ssim"]
+  assert 0 < chance["unrelated image"] < chance["mean image"] < 0.3
+  assert "Chance levels" in open(os.path.join(path, "ssim_psnr.md")).read()
+
+
+def test_chance_levels_of_identical_and_of_noise_images():
+  same = np.full((3, 16, 16, 3), 90, np.uint8)
+  assert attack_suite.chance_levels(same) == pytest.approx(
+      {"unrelated image": 1.0, "mean image": 1.0})
+  noise = np.random.default_rng(0).integers(0, 256, (8, 32, 32, 3), np.uint8)
+  levels = attack_suite.chance_levels(noise)
+  assert abs(levels["unrelated image"]) < 0.05
 
 
 def test_visual_information_smoke_on_cifar10(tfds_data_dir, tmp_path):
