@@ -14,6 +14,7 @@ its output folder is complete.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -21,6 +22,8 @@ import shutil
 from typing import Any, Dict, Tuple
 
 import numpy as np
+
+from etcjax.encryption import manifest
 
 REQUEST_FILE = "request.json"
 _INFO = "__info__"  # Key of the JSON part of a unit's file.
@@ -67,8 +70,8 @@ class ResumeStore:
             f"other settings ({', '.join(changed)} differ); rerun with those "
             "settings to resume it, or pass --overwrite to discard it")
     os.makedirs(self.path, exist_ok=True)
-    _atomic_write(request_file,
-                  json.dumps(self._request, indent=2).encode("utf-8"))
+    manifest.atomic_write(request_file,
+                          json.dumps(self._request, indent=2).encode("utf-8"))
     self.resumed = sorted(f[:-len(".npz")] for f in os.listdir(self.path)
                           if f.endswith(".npz"))
 
@@ -90,10 +93,9 @@ class ResumeStore:
       arrays: numpy arrays by name.
       info: JSON-able values (e.g. table rows).
     """
-    path = self._file(unit)
-    tmp = path + ".tmp.npz"
-    np.savez(tmp, **arrays, **{_INFO: np.asarray(json.dumps(info))})
-    os.replace(tmp, path)
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays, **{_INFO: np.asarray(json.dumps(info))})
+    manifest.atomic_write(self._file(unit), buffer.getvalue())
 
   def load(self, unit: str) -> Tuple[Dict[str, np.ndarray], Dict[str, Any]]:
     """Returns `(arrays, info)` of a saved unit."""
@@ -106,9 +108,3 @@ class ResumeStore:
     """Deletes the store (the task's output is complete)."""
     shutil.rmtree(self.path, ignore_errors=True)
 
-
-def _atomic_write(path: str, data: bytes) -> None:
-  tmp = path + ".tmp"
-  with open(tmp, "wb") as f:
-    f.write(data)
-  os.replace(tmp, path)
