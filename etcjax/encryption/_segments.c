@@ -5,7 +5,7 @@
  * constant byte step with one channel map and one XOR mask per channel,
  * is applied segment by segment:
  *
- *   out[n, dest[s] + 3k + c] = x[n, source[s] + step[s]*k + cmap[s][c]] ^ mask[s][c]
+ *   out[n, 3Ls + 3k + c] = x[n, source[s] + step[s]*k + cmap[s][c]] ^ mask[s][c]
  *
  * EtC's rows of 16-pixel blocks are such segments (step +-3 along a row,
  * +-3W down a column for the transposing symmetries). Segments with step
@@ -33,7 +33,6 @@
 #endif
 
 typedef struct {
-  const int64_t *dest;
   const int64_t *source;
   const int64_t *step;
   const int16_t *pattern;
@@ -103,7 +102,7 @@ static inline __attribute__((always_inline)) void run_image(
     int shuffle) {
   /* Locals: stores through uint8_t pointers may alias anything, so fields
      read through `t` would be reloaded after every store. */
-  const int64_t *restrict dest = t->dest, *restrict source = t->source,
+  const int64_t *restrict source = t->source,
                           *restrict step = t->step,
                           *restrict transpose = t->transpose,
                           *restrict transpose_to = t->transpose_to;
@@ -123,7 +122,7 @@ static inline __attribute__((always_inline)) void run_image(
     if (transpose[s] >= 0)
       transpose_block(xi, block + transpose_to[s], transpose[s], t->row_bytes,
                       length);
-    uint8_t *o = oi + dest[s];
+    uint8_t *o = oi + s * seg_bytes;
     const uint8_t *src = (from_block[s] ? block : xi) + source[s];
 #ifdef ETCJAX_X86
     if (shuffle && pattern[s] >= 0) {
@@ -178,22 +177,22 @@ static int shuffles_supported(void) {
 #endif
 }
 
-/* apply(x, out, blocks, n, pixels_bytes, length, dest, source, step,
+/* apply(x, out, blocks, n, pixels_bytes, length, source, step,
  *       pattern, cmap, mask, shuffles, from_block, transpose, transpose_to,
  *       row_bytes, use_shuffles) */
 static PyObject *apply(PyObject *self, PyObject *args) {
-  Py_buffer x, out, blocks, dest, source, step, pattern, cmap, mask, shuffles,
+  Py_buffer x, out, blocks, source, step, pattern, cmap, mask, shuffles,
       from_block, transpose, transpose_to;
   long long n, pixels_bytes, length, row_bytes;
   int use_shuffles;
-  if (!PyArg_ParseTuple(args, "y*w*w*LLLy*y*y*y*y*y*y*y*y*y*Lp", &x, &out,
-                        &blocks, &n, &pixels_bytes, &length, &dest, &source,
-                        &step, &pattern, &cmap, &mask, &shuffles, &from_block,
+  if (!PyArg_ParseTuple(args, "y*w*w*LLLy*y*y*y*y*y*y*y*y*Lp", &x, &out,
+                        &blocks, &n, &pixels_bytes, &length, &source, &step,
+                        &pattern, &cmap, &mask, &shuffles, &from_block,
                         &transpose, &transpose_to, &row_bytes, &use_shuffles))
     return NULL;
-  Table t = {dest.buf, source.buf, step.buf, pattern.buf, cmap.buf, mask.buf,
+  Table t = {source.buf, step.buf, pattern.buf, cmap.buf, mask.buf,
              shuffles.buf, from_block.buf, transpose.buf, transpose_to.buf,
-             blocks.buf, (int64_t)(dest.len / 8), (int64_t)length,
+             blocks.buf, (int64_t)(source.len / 8), (int64_t)length,
              (int64_t)pixels_bytes, (int64_t)row_bytes};
   PyObject *result = NULL;
   if (x.len < n * pixels_bytes || out.len < n * pixels_bytes ||
@@ -214,7 +213,6 @@ static PyObject *apply(PyObject *self, PyObject *args) {
   PyBuffer_Release(&blocks);
   PyBuffer_Release(&x);
   PyBuffer_Release(&out);
-  PyBuffer_Release(&dest);
   PyBuffer_Release(&source);
   PyBuffer_Release(&step);
   PyBuffer_Release(&pattern);

@@ -56,11 +56,10 @@ def available() -> bool:
 class SegmentTable:
   """A plan as segments of pixels read at a constant step.
 
-  Segments are in output order (`dest` says where each goes).
+  Segment s is output pixels [s L, (s + 1) L) of an image.
 
   Attributes:
     length: L, pixels per segment (16).
-    dest: int64 `[S]`, byte offset of each segment in an output image.
     source: int64 `[S]`, byte offset of the source of the segment's first
       pixel, within the image or (`from_block`) within the buffer of
       transposed blocks.
@@ -79,7 +78,6 @@ class SegmentTable:
   """
 
   length: int
-  dest: np.ndarray
   source: np.ndarray
   step: np.ndarray
   pattern: np.ndarray
@@ -168,13 +166,12 @@ def _table(gather: np.ndarray, xor: np.ndarray, width: int
   for s in np.flatnonzero((np.abs(step) == 1)
                           & (mask == mask[:, :1]).all(axis=1)):
     pattern[s] = 6 * (step[s] < 0) + order[tuple(int(c) for c in cmap[s])]
-  dest = 3 * length * np.arange(len(g))
   # Transposed blocks live in a buffer of one row of blocks, slot by output
   # block column, from the output block's first row to its last.
   row, column = np.divmod(np.arange(len(g)), width // length)
   slot = 3 * length * length * column
   transpose = np.where((corner >= 0) & (row % length == 0), 3 * corner, -1)
-  return SegmentTable(length=length, dest=dest,
+  return SegmentTable(length=length,
                       source=np.where(from_block == 1, slot, 0) + 3 * first,
                       step=3 * step, pattern=pattern, cmap=cmap, mask=mask,
                       from_block=from_block, transpose=transpose,
@@ -186,8 +183,7 @@ def _eligible(plan: plans.Plan) -> bool:
   # Other block sizes would take the scalar loop only, which is no faster
   # than XLA's gather.
   return (plan.representation == plans.PIXELS and not plan.per_image
-          and plan.block_size == _SHUFFLE_PIXELS
-          and plan.image_shape[1] % _SHUFFLE_PIXELS == 0)
+          and plan.block_size == _SHUFFLE_PIXELS)
 
 
 @functools.lru_cache(maxsize=16)
@@ -229,10 +225,10 @@ def _run(table: SegmentTable, images: np.ndarray,
   out = np.empty_like(images)
   blocks = np.empty(table.row_bytes * table.length, np.uint8)
   _segments.apply(images, out, blocks, images.shape[0], table.pixels_bytes,
-                  table.length, table.dest, table.source, table.step,
-                  table.pattern, table.cmap, table.mask, _SHUFFLES,
-                  table.from_block, table.transpose, table.transpose_to,
-                  table.row_bytes, use_shuffles)
+                  table.length, table.source, table.step, table.pattern,
+                  table.cmap, table.mask, _SHUFFLES, table.from_block,
+                  table.transpose, table.transpose_to, table.row_bytes,
+                  use_shuffles)
   return out
 
 
