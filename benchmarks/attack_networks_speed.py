@@ -26,12 +26,13 @@ from etcjax.evaluation.attacks import threat_model
 def _itn_step(size, shape, batch):
   module = networks.generator(size, shape)
   params = module.init(jax.random.key(0), np.zeros((1,) + shape, np.float32))
-  tx, step = itn_attack._trainer(module, size.learning_rate)  # pylint: disable=protected-access
-  state = [params["params"], tx.init(params["params"])]
+  tx, step_fn = itn_attack.trainer(module, size.learning_rate)
+  step = jax.jit(step_fn, donate_argnums=0)
+  state = [(params["params"], tx.init(params["params"]))]
 
   def run():
-    state[0], state[1], loss = step(state[0], state[1], batch, batch)
-    return loss
+    state[0], metrics = step(state[0], {"encrypted": batch, "plain": batch})
+    return metrics["l1"]
 
   return run
 
@@ -45,11 +46,12 @@ def _gan_step(size, shape, batch):
        for n, k in zip(("to_plain", "to_encrypted"), keys[:2])}
   d = {n: disc.init(k, dummy)["params"]
        for n, k in zip(("plain", "encrypted"), keys[2:])}
-  tx, step = gan_attack._trainer(gen, disc, size.learning_rate)  # pylint: disable=protected-access
+  tx, step_fn = gan_attack.trainer(gen, disc, size.learning_rate)
+  step = jax.jit(step_fn, donate_argnums=0)
   state = [(g, d, tx.init(g), tx.init(d))]
 
   def run():
-    state[0], metrics = step(state[0], batch, batch)
+    state[0], metrics = step(state[0], {"encrypted": batch, "plain": batch})
     return metrics["generator"]
 
   return run

@@ -19,7 +19,7 @@ from ml_collections import config_flags
 
 from etcjax.data import pipeline
 from etcjax.training import optimizers
-from etcjax.training import sharding
+from etcjax.data import sharding
 from etcjax.training import steps
 from etcjax.training import train
 

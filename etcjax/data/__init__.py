@@ -12,4 +12,6 @@ Modules:
   mixing           mixup, CutMix, label smoothing (JAX, in the train step).
   image_folder     listing and reading `root/<class>/<image>` folders.
   tfds_source      whole tfds splits as numpy arrays, never downloading.
+  sharding         the 'data' mesh: batches split over every device, the
+                   rest replicated (training and the learned attacks).
 """

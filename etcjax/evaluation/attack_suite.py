@@ -39,6 +39,7 @@ from etcjax.evaluation import sources
 from etcjax.evaluation import tables
 from etcjax.evaluation import visual_metrics
 from etcjax.evaluation.attacks import brute_force
+from etcjax.evaluation.attacks import fitting
 from etcjax.evaluation.attacks import jigsaw
 from etcjax.evaluation.attacks import priors
 from etcjax.evaluation.attacks import threat_model
@@ -186,6 +187,8 @@ def run(dataset: str, key: bytes, out_dir: str, *, size: str = "smoke",
         f"a tag names a folder: letters, digits and _ only, got {tag!r}")
   preset = SIZES[size]
   training = training or preset.training
+  if any(attacks_lib.get_attack(n).learned for n in attack_names):
+    fitting.check_batch(training.batch_size)
   test_limit = test_limit or preset.test_images[dataset]
   if not isinstance(jigsaw_limit, dict):
     jigsaw_limit = {s: jigsaw_limit for s in schemes}

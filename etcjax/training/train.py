@@ -2,10 +2,10 @@
 
 Every process runs this same function. Each feeds its share of every
 global batch; jitted steps see global arrays sharded over all devices
-(`sharding.py`). State is checkpointed asynchronously and a restarted run
-continues from the latest checkpoint exactly as if it had not stopped: the
-step's randomness is `fold_in(seed, step)` and the input pipeline restarts
-at the checkpoint's step.
+(`etcjax.data.sharding`). State is checkpointed asynchronously and a
+restarted run continues from the latest checkpoint exactly as if it had not
+stopped: the step's randomness is `fold_in(seed, step)` and the input
+pipeline restarts at the checkpoint's step.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from etcjax.training import checkpointing
 from etcjax.training import export as export_lib
 from etcjax.training import metrics as metrics_lib
 from etcjax.training import optimizers
-from etcjax.training import sharding
+from etcjax.data import sharding
 from etcjax.training import steps
 
 CONFIG_FILE = "config.json"
@@ -364,8 +364,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   info = pipeline.dataset_info(config)
   enc = setup_encryption(config, info)
   mesh = sharding.make_mesh()
-  sharding.check_batch_size(config.batch_size, "batch_size")
-  sharding.check_batch_size(config.eval_batch_size, "eval_batch_size")
+  sharding.check_batch_size(config.batch_size, "config.batch_size")
+  sharding.check_batch_size(config.eval_batch_size, "config.eval_batch_size")
   if config.compute_dtype not in steps.COMPUTE_DTYPES:
     raise ValueError(
         f"config.compute_dtype must be one of {sorted(steps.COMPUTE_DTYPES)}, "

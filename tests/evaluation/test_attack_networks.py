@@ -1,5 +1,9 @@
 """The learned attacks' networks: exact reformulations, pixel cells, training."""
 
+import os
+import subprocess
+import sys
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -54,24 +58,77 @@ def test_networks_refuse_images_that_do_not_fit_their_cells_and_levels():
     networks.discriminator(size, (32, 20, 3))
 
 
-def test_itn_training_lowers_the_loss():
+def _itn_context(steps, batch_size, images=64):
   # The images differ only by a colour offset, so a network can lower the
-  # loss by learning their mean alone: this checks that training and its
-  # gradients work, not how strong the attack is.
+  # loss by learning their mean alone.
   rng = np.random.default_rng(0)
   y, x = np.mgrid[0:32, 0:32]
   base = np.stack([y * 8, x * 8, (x + y) * 4], -1)
-  plain = np.clip(base[None] + rng.integers(-20, 20, (64, 1, 1, 3)), 0,
+  plain = np.clip(base[None] + rng.integers(-20, 20, (images, 1, 1, 3)), 0,
                   255).astype(np.uint8)
-  size = threat_model.TrainingSize(steps=60, batch_size=8, width=8, levels=2,
-                                   learning_rate=3e-3, num_keys=4)
+  size = threat_model.TrainingSize(steps=steps, batch_size=batch_size, width=8,
+                                   levels=2, learning_rate=3e-3, num_keys=4)
   plan = encryption.make_plan(bytes(32), "etc", (32, 32, 3))
-  context = threat_model.AttackContext(
+  return threat_model.AttackContext(
       scheme="etc", block_size=16, steps=None, image_shape=(32, 32, 3),
       encrypted_shape=(32, 32, 3), representation=plan.representation,
-      encrypted=np.asarray(encryption.apply(plan, plain[:4])),
+      encrypted=np.asarray(encryption.apply(plan, plain[:5])),
       public_plain=plain, public_encrypted=plain[:0], training=size,
       progress=False)
-  _, _, losses = itn_attack.train(context)
+
+
+def test_itn_training_lowers_the_loss():
+  # Checks that training and its gradients work, not how strong the attack
+  # is.
+  _, _, losses = itn_attack.train(_itn_context(steps=60, batch_size=8))
   assert len(losses) == 60
   assert np.mean(losses[-10:]) < 0.6 * np.mean(losses[:5])
+
+
+DATA_PARALLEL_SCRIPT = r"""
+import jax
+import numpy as np
+import pytest
+from evaluation import test_attack_networks as t
+from etcjax.data import sharding
+from etcjax.evaluation.attacks import itn_attack, networks
+
+assert jax.device_count() == 4
+all_devices = sharding.make_mesh()
+one_device = sharding.make_mesh(jax.devices()[:1])
+context = t._itn_context(steps=4, batch_size=8)
+module, split, split_losses = itn_attack.train(context, all_devices)
+for leaf in jax.tree.leaves(split):
+  assert len(leaf.sharding.device_set) == 4 and leaf.sharding.is_fully_replicated
+_, single, single_losses = itn_attack.train(context, one_device)
+# Same batches, sums in another order.
+np.testing.assert_allclose(split_losses, single_losses, rtol=1e-5)
+for a, b in zip(jax.tree.leaves(split), jax.tree.leaves(single)):
+  a, b = np.asarray(a), np.asarray(b)
+  if a.ndim >= 2:
+    assert np.abs(a - b).max() <= 1e-4 * np.abs(b).max() + 1e-6
+  else:
+    # Biases ahead of a GroupNorm get zero gradients up to rounding, which
+    # Adam scales up to +-lr: they may differ by up to lr per step.
+    assert np.abs(a - b).max() <= 3e-3 * 4
+# 5 images over 4 devices: the last chunk is padded, the padding dropped.
+images = context.encrypted
+out = networks.predict(module, split, images, batch_size=2, mesh=all_devices)
+assert out.shape == images.shape and out.dtype == np.uint8
+ref = networks.predict(module, split, images, mesh=one_device)
+assert np.abs(out.astype(int) - ref).max() <= 1
+with pytest.raises(ValueError, match=r"batch size \(6, --train_batch\) must be a positive multiple of the number of devices \(4\)"):
+  itn_attack.train(t._itn_context(steps=1, batch_size=6), all_devices)
+print("DATA_PARALLEL_OK")
+"""
+
+
+def test_itn_trains_data_parallel_like_on_one_device():
+  tests_dir = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
+             JAX_PLATFORMS="cpu", PYTHONPATH=tests_dir)
+  result = subprocess.run([sys.executable, "-c", DATA_PARALLEL_SCRIPT],
+                          env=env, capture_output=True, text=True, timeout=300,
+                          cwd=os.path.dirname(tests_dir))
+  assert result.returncode == 0 and "DATA_PARALLEL_OK" in result.stdout, (
+      result.stdout + result.stderr[-3000:])

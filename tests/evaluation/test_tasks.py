@@ -10,6 +10,7 @@ from etcjax import evaluate
 from etcjax.evaluation import attack_suite
 from etcjax.evaluation import tables
 from etcjax.evaluation import visual_information
+from etcjax.evaluation.attacks import threat_model
 
 KEY = bytes(range(32))
 
@@ -83,6 +84,12 @@ def test_attack_suite_tag_and_per_scheme_jigsaw_limits(tfds_data_dir,
   with pytest.raises(ValueError, match="letters, digits and _"):
     attack_suite.run("cifar10", KEY, str(tmp_path), schemes=["etc"],
                      attack_names=["fr"], tag="../up", progress=False)
+  # Before any data is read: nothing is written.
+  bad_batch = threat_model.TrainingSize(steps=1, batch_size=0, width=8)
+  with pytest.raises(ValueError, match=r"batch size \(0, --train_batch\)"):
+    attack_suite.run("cifar10", KEY, str(tmp_path / "none"), schemes=["etc"],
+                     attack_names=["itn"], training=bad_batch, progress=False)
+  assert not os.path.exists(tmp_path / "none")
 
 
 def test_attack_suite_resumes_after_a_crash(tfds_data_dir, tmp_path,

@@ -39,7 +39,8 @@ def main():
         num_processes=args.num_processes, process_id=args.process_id,
         initialization_timeout=60)
   from etcjax import encryption
-  from etcjax.training import default_config, optimizers, sharding, steps
+  from etcjax.data import sharding
+  from etcjax.training import default_config, optimizers, steps
   from training import tiny_model
 
   config = default_config.get_default_config()

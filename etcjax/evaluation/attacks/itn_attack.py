@@ -15,16 +15,17 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
-from typing import List, Tuple
+from typing import List, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-import tqdm
+from jax.sharding import Mesh
 
 from etcjax import encryption
 from etcjax.evaluation import visual_metrics
+from etcjax.evaluation.attacks import fitting
 from etcjax.evaluation.attacks import networks
 from etcjax.evaluation.attacks import threat_model
 
@@ -78,29 +79,50 @@ class KeyPool:
     return visual_metrics.as_rgb(encrypted, self._representation)
 
 
+def train_step(state, batch, *, module: networks.UNet,
+               tx: optax.GradientTransformation):
+  """One optimizer step of the inverse transformation network (L1).
+
+  Args:
+    state: `(params, opt_state)`.
+    batch: {'encrypted', 'plain'}: uint8 `[B, H, W, 3]` pairs (encrypted
+      with attacker keys, shown as RGB).
+    module: the network.
+    tx: its optimizer.
+
+  Returns:
+    `(state, metrics)`; metrics {'l1'}: mean absolute error in [-1, 1] units.
+  """
+  params, opt_state = state
+
+  def loss_fn(p):
+    out = module.apply({"params": p}, networks.to_signed(batch["encrypted"]))
+    return jnp.mean(jnp.abs(out - networks.to_signed(batch["plain"])))
+
+  loss, grads = jax.value_and_grad(loss_fn)(params)
+  updates, opt_state = tx.update(grads, opt_state, params)
+  return (optax.apply_updates(params, updates), opt_state), {"l1": loss}
+
+
 @functools.lru_cache(maxsize=8)
-def _trainer(module: networks.UNet, learning_rate: float):
-  """(optimizer, jitted train step), built once per network and rate."""
+def trainer(module: networks.UNet, learning_rate: float):
+  """`(tx, step_fn)`: the optimizer and the bound `train_step`.
+
+  Cached, so the same networks and rate share one step function (and one
+  compilation in `fitting.fit`).
+  """
   tx = optax.adam(learning_rate)
-
-  @jax.jit
-  def step(params, opt_state, encrypted, plain):
-    def loss_fn(p):
-      out = module.apply({"params": p}, networks.to_signed(encrypted))
-      return jnp.mean(jnp.abs(out - networks.to_signed(plain)))
-    loss, grads = jax.value_and_grad(loss_fn)(params)
-    updates, opt_state = tx.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), opt_state, loss
-
-  return tx, step
+  return tx, functools.partial(train_step, module=module, tx=tx)
 
 
-def train(context: threat_model.AttackContext) -> Tuple[networks.UNet, dict, List[float]]:
+def train(context: threat_model.AttackContext, mesh: Optional[Mesh] = None
+          ) -> Tuple[networks.UNet, dict, List[float]]:
   """Trains the inverse transformation network.
 
   Args:
     context: the attack context (its `training` size and `public_plain`
       images are used; never the secret key).
+    mesh: devices to train on (default: all; see `fitting.fit`).
 
   Returns:
     `(module, params, losses)`: the network, its parameters and the L1
@@ -113,30 +135,33 @@ def train(context: threat_model.AttackContext) -> Tuple[networks.UNet, dict, Lis
   h, w, _ = context.image_shape
   params = module.init(jax.random.key(context.seed),
                        jnp.zeros((1, h, w, 3), jnp.float32))["params"]
-  tx, step = _trainer(module, size.learning_rate)
-  opt_state = tx.init(params)
-  losses = []
+  tx, step_fn = trainer(module, size.learning_rate)
   plain_pool = context.public_plain
-  for _ in tqdm.trange(size.steps, desc=f"ITN {context.scheme}", leave=False,
-                       disable=not context.progress):
-    idx = rng.integers(len(plain_pool), size=size.batch_size)
-    plain = plain_pool[idx]
-    encrypted = pool.encrypt(plain, rng.integers(size.num_keys, size=size.batch_size))
-    params, opt_state, loss = step(params, opt_state, encrypted, plain)
-    losses.append(float(loss))
-  return module, params, losses
+
+  def next_batch():
+    plain = plain_pool[rng.integers(len(plain_pool), size=size.batch_size)]
+    keys = rng.integers(size.num_keys, size=size.batch_size)
+    return {"encrypted": pool.encrypt(plain, keys), "plain": plain}
+
+  (params, _), history = fitting.fit(
+      step_fn, (params, tx.init(params)), next_batch, size.steps,
+      size.batch_size, mesh, desc=f"ITN {context.scheme}",
+      progress=context.progress)
+  return module, params, [h["l1"] for h in history]
 
 
-def run(context: threat_model.AttackContext) -> Tuple[np.ndarray, List[float]]:
+def run(context: threat_model.AttackContext, mesh: Optional[Mesh] = None
+        ) -> Tuple[np.ndarray, List[float]]:
   """Trains the ITN and applies it to the attacked images.
 
   Args:
     context: the attack context.
+    mesh: devices to train and predict on (default: all).
 
   Returns:
     `(reconstructions, losses)`: uint8 `[N, H, W, 3]` and the training
     losses.
   """
-  module, params, losses = train(context)
+  module, params, losses = train(context, mesh)
   attacked = visual_metrics.as_rgb(context.encrypted, context.representation)
-  return networks.predict(module, params, attacked), losses
+  return networks.predict(module, params, attacked, mesh=mesh), losses

@@ -29,13 +29,15 @@ matmul).
 from __future__ import annotations
 
 import functools
-from typing import Sequence
+from typing import Optional, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh
 
+from etcjax.data import sharding
 from etcjax.evaluation.attacks import threat_model
 from etcjax.models import patch_embedding
 
@@ -166,20 +168,31 @@ def to_uint8(x) -> jnp.ndarray:
   return jnp.clip(jnp.round((x + 1.0) * 127.5), 0, 255).astype(jnp.uint8)
 
 
-def predict(module: nn.Module, params, images, batch_size: int = 64):
-  """Runs an image-to-image network over a uint8 batch.
+def predict(module: nn.Module, params, images, batch_size: int = 64,
+            mesh: Optional[Mesh] = None):
+  """Runs an image-to-image network over a uint8 batch, split over devices.
 
   Args:
     module: a `UNet`.
     params: its parameters.
     images: uint8 `[N, H, W, C]`.
-    batch_size: images per call.
+    batch_size: images per call (rounded up to a multiple of the devices).
+    mesh: the devices (default: `sharding.make_mesh()`, all of them).
 
   Returns:
     uint8 numpy `[N, H, W, out_channels]`.
   """
-  out = [np.asarray(_apply_uint8(module, params, images[s:s + batch_size]))
-         for s in range(0, len(images), batch_size)]
+  mesh = sharding.make_mesh() if mesh is None else mesh
+  devices = mesh.devices.size
+  chunk = -(-batch_size // devices) * devices
+  params = sharding.replicate(params, mesh)
+  out = []
+  for start in range(0, len(images), chunk):
+    part = np.asarray(images[start:start + chunk])
+    pad = -len(part) % devices  # The last chunk: every device gets as many.
+    padded = np.concatenate([part, np.zeros((pad,) + part.shape[1:], part.dtype)])
+    result = _apply_uint8(module, params, sharding.global_batch(padded, mesh))
+    out.append(np.asarray(result)[:len(part)])
   return np.concatenate(out)
 
 

@@ -8,7 +8,7 @@ host feeds its local part of the global batch and jit sees global arrays.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Optional, Sequence
 
 import jax
 import numpy as np
@@ -17,16 +17,20 @@ from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 DATA_AXIS = "data"
 
 
-def make_mesh() -> Mesh:
-  """A 1-D mesh over all devices of all processes, axis 'data'.
+def make_mesh(devices: Optional[Sequence[jax.Device]] = None) -> Mesh:
+  """A 1-D mesh with axis 'data'.
+
+  Args:
+    devices: the devices (default: all devices of all processes).
 
   Returns:
-    A `Mesh` of shape `[jax.device_count()]`.
+    A `Mesh` of shape `[len(devices)]`.
   """
+  devices = jax.devices() if devices is None else list(devices)
   # Auto axes: the batch sharding is propagated by the compiler through
   # model code that carries no sharding annotations of its own.
-  return jax.make_mesh((jax.device_count(),), (DATA_AXIS,),
-                       axis_types=(AxisType.Auto,))
+  return jax.make_mesh((len(devices),), (DATA_AXIS,),
+                       axis_types=(AxisType.Auto,), devices=devices)
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
@@ -39,12 +43,12 @@ def batch_sharded(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P(DATA_AXIS))
 
 
-def check_batch_size(global_batch: int, what: str = "batch_size") -> int:
+def check_batch_size(global_batch: int, what: str = "config.batch_size") -> int:
   """Checks that a global batch splits evenly over hosts and devices.
 
   Args:
     global_batch: the global batch size.
-    what: the config field's name, for the error message.
+    what: the setting's name (config field or flag), for the error message.
 
   Returns:
     The per-host batch size, `global_batch // jax.process_count()`.
@@ -55,7 +59,7 @@ def check_batch_size(global_batch: int, what: str = "batch_size") -> int:
   devices = jax.device_count()
   if global_batch < 1 or global_batch % devices:
     raise ValueError(
-        f"config.{what}={global_batch} must be a positive multiple of the "
+        f"{what}={global_batch} must be a positive multiple of the "
         f"number of devices ({devices} over {jax.process_count()} "
         "process(es)), so every device gets the same number of images")
   return global_batch // jax.process_count()
