@@ -13,12 +13,21 @@ r"""Runs `python -m etcjax.main` on a Cloud TPU VM: one host or a pod slice.
         --data-mode=direct --config=configs/vit_plain.py \
         --workdir=gs://my-bucket/runs/vit_plain
 
+    # Paper-length learned attacks (etcjax.evaluate on worker 0; the GAN
+    # and ITN batches are split over the host's chips):
+    python launch/tpu_vm.py --name=etcjax-eval --zone=us-central2-b \
+        --accelerator=v4-8 --data=gs://my-bucket/tensorflow_datasets \
+        --key-file=eval.key --entry=evaluate --workdir='$HOME/eval' \
+        -- attacks --datasets=cifar10 --size=full --attacks=gan,itn
+
 Steps (`--steps`, default all but delete): create (the TPU VM), upload
 (this checkout, as a tarball, to every worker), install (jax[tpu] + etcjax
 on every worker), data (copy or gcsfuse-mount `--data` on every worker, or
 `direct`: read gs:// from the trainer), key (optional `--key-file` for
 on-the-fly encryption), run (the training command on all workers at
-once), delete. `--dry-run` prints every command and runs none.
+once; `--entry=evaluate`: the evaluation on worker 0, with `--data` as
+its --data_dir and `--workdir` as its --out), delete. `--dry-run` prints
+every command and runs none.
 
 The workdir must be on GCS for pod slices: checkpoints, summaries and the
 export are written by all hosts to one place. Preemptible (`--spot`) runs
@@ -83,10 +92,10 @@ class Commands:
     self._where = [f"--zone={args.zone}"] + (
         [f"--project={args.project}"] if args.project else [])
 
-  def ssh_all(self, remote: str) -> List[str]:
-    """Runs a shell command on every worker of the TPU VM."""
+  def ssh_all(self, remote: str, worker: str = "all") -> List[str]:
+    """Runs a shell command on every worker of the TPU VM (or on one)."""
     return (["gcloud", "compute", "tpus", "tpu-vm", "ssh", self.args.name]
-            + self._where + ["--worker=all", f"--command={remote}"])
+            + self._where + [f"--worker={worker}", f"--command={remote}"])
 
   def scp_all(self, local: str, remote: str) -> List[str]:
     """Copies a local file to every worker."""
@@ -144,28 +153,50 @@ class Commands:
 
   def run(self) -> List[List[str]]:
     a = self.args
+    if a.entry == "evaluate":
+      return self._evaluate()
     flags = [f"--config={a.config}", f"--workdir={a.workdir}", "--distributed"]
     if a.data:
       flags.append("--config.data_dir=" + (
           a.data if a.data_mode == "direct" else REMOTE_DATA))
     if a.key_file:
       flags.append(f"--config.encryption.key_file={REMOTE_KEY}")
-    # Quote everything but the $HOME references, which the worker expands.
-    quoted = " ".join(
-        f if "$HOME" in f else shlex.quote(f) for f in flags + list(a.extra))
-    command = f"cd {REMOTE_SRC} && python3 -m etcjax.main {quoted}"
-    if a.detach:
-      command = (f"cd {REMOTE_SRC} && nohup sh -c {shlex.quote(command)} "
-                 "> $HOME/etcjax_main.log 2>&1 &")
-    return [self.ssh_all(command)]
+    return [self.ssh_all(self._background(
+        f"cd {REMOTE_SRC} && python3 -m etcjax.main {_quote(flags + a.extra)}",
+        "$HOME/etcjax_main.log"))]
+
+  def _evaluate(self) -> List[List[str]]:
+    # One process on one host: the learned attacks split their batches over
+    # that host's chips (etcjax.evaluation.attacks.fitting).
+    a = self.args
+    flags = list(a.extra) + [f"--out={a.workdir}"]
+    if a.data:
+      flags.append("--data_dir=" + (
+          a.data if a.data_mode == "direct" else REMOTE_DATA))
+    if a.key_file:
+      flags.append(f"--key_file={REMOTE_KEY}")
+    return [self.ssh_all(self._background(
+        f"cd {REMOTE_SRC} && python3 -m etcjax.evaluate {_quote(flags)}",
+        "$HOME/etcjax_evaluate.log"), worker="0")]
+
+  def _background(self, command: str, log: str) -> str:
+    if not self.args.detach:
+      return command
+    return (f"cd {REMOTE_SRC} && nohup sh -c {shlex.quote(command)} "
+            f"> {log} 2>&1 &")
 
   def delete(self) -> List[List[str]]:
     return [["gcloud", "compute", "tpus", "tpu-vm", "delete", self.args.name]
             + self._where + ["--quiet"]]
 
 
+def _quote(flags: Sequence[str]) -> str:
+  # Quote everything but the $HOME references, which the worker expands.
+  return " ".join(f if "$HOME" in f else shlex.quote(f) for f in flags)
+
+
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-  """Parses the command line (arguments after `--` go to etcjax.main)."""
+  """Parses the command line (arguments after `--` go to the entry point)."""
   argv = list(sys.argv[1:] if argv is None else argv)
   extra: List[str] = []
   if "--" in argv:
@@ -196,15 +227,21 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
   p.add_argument("--key-file", default=None,
                  help="research runs only: copy this key file to the workers "
                  "for on-the-fly encryption (puts the key on the cloud)")
+  p.add_argument("--entry", choices=("main", "evaluate"), default="main",
+                 help="main: train (python -m etcjax.main) on every worker; "
+                 "evaluate: python -m etcjax.evaluate on worker 0 of a "
+                 "single-host VM, with the arguments after `--`")
   p.add_argument("--config", default="configs/vit_etc.py",
                  help="config file (relative to the checkout) [:variant]")
   p.add_argument("--workdir", default=None,
-                 help="run directory, gs:// for pod slices")
+                 help="run directory, gs:// for pod slices; for --entry="
+                 "evaluate a folder on worker 0 (passed as --out)")
   p.add_argument("--steps", default=",".join(DEFAULT_STEPS),
                  help=f"comma-separated subset of {','.join(STEPS)}")
   p.add_argument("--detach", action="store_true",
-                 help="start training in the background (log in "
-                 "~/etcjax_main.log on each worker) instead of waiting")
+                 help="start the job in the background (log in "
+                 "~/etcjax_main.log or ~/etcjax_evaluate.log on the "
+                 "workers) instead of waiting")
   p.add_argument("--dry-run", action="store_true",
                  help="print every command instead of running it")
   args = p.parse_args(argv)
@@ -217,8 +254,17 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.error(f"--data must be a gs:// folder, got {args.data!r}")
   if "run" in args.steps and not args.workdir:
     p.error("--workdir is required for the run step")
+  single_host = args.accelerator.split("-")[-1] in ("1", "4", "8")
+  if args.entry == "evaluate" and not single_host:
+    p.error(f"--entry=evaluate runs one process on one host; {args.accelerator} "
+            "is a pod slice: use a single-host accelerator such as v4-8")
+  if (args.entry == "evaluate" and args.workdir
+      and args.workdir.startswith("gs://")):
+    p.error("--entry=evaluate writes its tables and figures to a folder on "
+            f"worker 0, not to GCS: got --workdir={args.workdir}; copy them "
+            "out afterwards (gcloud compute tpus tpu-vm scp --recurse)")
   if "run" in args.steps and args.workdir and not args.workdir.startswith(
-      "gs://") and not args.accelerator.endswith("-8"):
+      "gs://") and not single_host:
     p.error(f"a pod slice ({args.accelerator}) needs a shared gs:// --workdir, "
             f"got {args.workdir!r}")
   if args.key_file and not os.path.exists(args.key_file) and not args.dry_run:

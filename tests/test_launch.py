@@ -90,7 +90,29 @@ def test_v5e_runtime_and_direct_data():
   assert "--config.data_dir=gs://b/tensorflow_datasets" in _remote(cmds[1])
 
 
+def test_evaluate_entry_runs_on_worker_0_with_the_data_key_and_out(tmp_path):
+  key = tmp_path / "eval.key"
+  key.write_text("11" * 32)
+  cmds, err = _dry_run(
+      "--name=ev", "--zone=us-central2-b", "--accelerator=v4-8",
+      "--data=gs://b/tensorflow_datasets", f"--key-file={key}",
+      "--entry=evaluate", "--workdir=$HOME/eval", "--steps=data,key,run",
+      "--", "attacks", "--datasets=cifar10", "--attacks=gan,itn")
+  assert "WARNING" in err
+  run = cmds[-1]
+  assert "--worker=0" in run
+  remote = _remote(run)
+  assert remote.startswith("cd $HOME/etcjax && python3 -m etcjax.evaluate ")
+  assert shlex.split(remote.split("etcjax.evaluate ", 1)[1]) == [
+      "attacks", "--datasets=cifar10", "--attacks=gan,itn", "--out=$HOME/eval",
+      "--data_dir=$HOME/etcjax_data", "--key_file=$HOME/.etcjax/owner.key"]
+  assert not any("11" * 32 in " ".join(c) for c in cmds)
+
+
 @pytest.mark.parametrize("args, message", [
+    (["--entry=evaluate", "--accelerator=v4-32", "--workdir=/tmp/w"],
+     "runs one process on one host"),
+    (["--entry=evaluate", "--workdir=gs://b/w"], "not to GCS"),
     (["--accelerator=v9-8", "--workdir=gs://b/w"], "unknown accelerator type"),
     (["--accelerator=v4-32", "--workdir=/tmp/w"], "needs a shared gs://"),
     (["--data=/local/data", "--workdir=gs://b/w"], "must be a gs:// folder"),
