@@ -23,9 +23,10 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import functools
 import os
 import re
-from typing import Dict, List, Optional, Sequence, Union
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import tqdm
@@ -264,26 +265,29 @@ def run(dataset: str, key: bytes, out_dir: str, *, size: str = "smoke",
             piece.save(name, visual_metrics.as_rgb(encrypted,
                                                    plan.representation),
                        np.arange(len(test)))
+          elif attacks_lib.ATTACKS[name].learned:
+            # One piece: the network trains on the public images, once.
+            images, extras = attacks_lib.reconstruct(name, context, prior)
+            row_table = _learned_table(dataset)
+            _add_learned(row_table, scheme, name, extras["history"], training)
+            piece.save(name, images, np.arange(len(test)),
+                       {"learned_row": row_table.rows[0]})
           else:
+            # Image by image: saved in chunks, so that an interrupted
+            # hours-long piece resumes where it stopped.
             rows = (jigsaw_rows[scheme] if name == "jigsaw"
                     else np.arange(len(test)))
-            sub = dataclasses.replace(context, encrypted=encrypted[rows])
-            images, extras = attacks_lib.reconstruct(name, sub, prior)
+            attack = functools.partial(_attack_rows, name, context, encrypted,
+                                       prior, key, plan, piece)
+            arrays = piece.run_in_chunks(name, rows, CHUNK_IMAGES[name], attack)
             info = {}
             if name == "jigsaw":
               row_table = _jigsaw_table(dataset)
-              oracle = _score_jigsaw(row_table, key, scheme, shape,
-                                     extras["assemblies"], test.images[rows],
-                                     plan)
-              piece.save(JIGSAW_ORACLE, oracle, rows)
+              _add_jigsaw(row_table, scheme, plan, arrays)
               info["jigsaw_row"] = row_table.rows[0]
-            if "history" in extras:
-              row_table = _learned_table(dataset)
-              _add_learned(row_table, scheme, name, extras["history"],
-                           training)
-              info["learned_row"] = row_table.rows[0]
+              piece.save_arrays(JIGSAW_ORACLE, _scores_of(arrays, ORACLE_PREFIX))
             # Saved last: its presence says the whole attack is done.
-            piece.save(name, images, rows, info)
+            piece.save_arrays(name, _scores_of(arrays), info)
           for result in ([name, JIGSAW_ORACLE] if name == "jigsaw"
                          else [name]):
             arrays, info = store.load(piece.unit(result))
@@ -317,7 +321,7 @@ def run(dataset: str, key: bytes, out_dir: str, *, size: str = "smoke",
 
 
 class _Piece:
-  """Scores one (scheme, attack) result and saves it to the resume store."""
+  """Scores one scheme's attack results and saves them to the resume store."""
 
   def __init__(self, store: resume.ResumeStore, scheme: str,
                test: sources.Images, examples: Sequence[int]):
@@ -329,14 +333,13 @@ class _Piece:
   def unit(self, name: str) -> str:
     return f"{self._scheme}__{name}"
 
-  def save(self, name: str, images: np.ndarray, rows: np.ndarray,
-           info: Optional[Dict] = None) -> None:
-    """Scores reconstructions `images` of test images `rows`; saves them.
+  def scores(self, images: np.ndarray, rows: np.ndarray) -> Dict[str, np.ndarray]:
+    """SSIM, PSNR and the example images of reconstructions of test `rows`.
 
-    Only the scores and the example images are kept, not the
-    reconstructions (Imagenette's would be gigabytes).
+    Only these are kept, not the reconstructions (Imagenette's would be
+    gigabytes).
     """
-    plain = self._test.images[rows]
+    plain = self.plain(rows)
     arrays = {"rows": np.asarray(rows),
               "ssim": visual_metrics.ssim(plain, images),
               "psnr": visual_metrics.psnr(plain, images)}
@@ -344,7 +347,85 @@ class _Piece:
       hit = np.flatnonzero(rows == example)
       if hit.size:
         arrays[f"grid_{example}"] = images[hit[0]]
+    return arrays
+
+  def plain(self, rows: np.ndarray) -> np.ndarray:
+    """uint8 `[n, H, W, 3]`: the plain test images `rows`."""
+    return self._test.images[rows]
+
+  def save(self, name: str, images: np.ndarray, rows: np.ndarray,
+           info: Optional[Dict] = None) -> None:
+    """Scores reconstructions `images` of test images `rows`; saves them."""
+    self.save_arrays(name, self.scores(images, rows), info)
+
+  def save_arrays(self, name: str, arrays: Dict[str, np.ndarray],
+                  info: Optional[Dict] = None) -> None:
     self._store.save(self.unit(name), arrays, _json_row(info or {}))
+
+  def run_in_chunks(self, name: str, rows: np.ndarray, chunk: int,
+                    attack: Callable[[np.ndarray], Dict[str, np.ndarray]]
+                    ) -> Dict[str, np.ndarray]:
+    """Runs `attack` on consecutive chunks of `rows`, saving each chunk.
+
+    Args:
+      name: the attack.
+      rows: test images to attack.
+      chunk: images per chunk.
+      attack: rows `[n]` -> per-image arrays `[n, ...]` (and 'grid_*'
+        example images).
+
+    Returns:
+      The chunks' arrays, concatenated (example images: as found).
+    """
+    parts = []
+    for k, start in enumerate(range(0, len(rows), chunk)):
+      unit = f"{self.unit(name)}.part{k:05d}"
+      if not self._store.has(unit):
+        self._store.save(unit, attack(rows[start:start + chunk]), {})
+      parts.append(self._store.load(unit)[0])
+    combined = {}
+    for part in parts:
+      for key, value in part.items():
+        if "grid_" in key:
+          combined.setdefault(key, value)
+        else:
+          combined.setdefault(key, []).append(value)
+    return {k: v if "grid_" in k else np.concatenate(v)
+            for k, v in combined.items()}
+
+
+# Images per saved chunk of the image-by-image attacks: at most minutes of
+# work lost to an interruption (the jigsaw solver takes about a minute per
+# 224x224 grayscale-EtC image on a CPU).
+CHUNK_IMAGES = {"fr": 1000, "fr_advanced": 1000, "jigsaw": 32}
+ORACLE_PREFIX = "oracle:"  # Arrays of the jigsaw oracle within a chunk.
+
+
+def _attack_rows(name, context, encrypted, prior, key, plan, piece, rows
+                 ) -> Dict[str, np.ndarray]:
+  """Attacks test images `rows`; their scores (and jigsaw accuracies)."""
+  sub = dataclasses.replace(context, encrypted=encrypted[rows])
+  images, extras = attacks_lib.reconstruct(name, sub, prior)
+  arrays = piece.scores(images, rows)
+  if name == "jigsaw":
+    accuracy, oracle = _score_jigsaw(key, context.scheme, context.image_shape,
+                                     extras["assemblies"], piece, rows, plan)
+    arrays.update(accuracy)
+    arrays.update({ORACLE_PREFIX + k: v
+                   for k, v in piece.scores(oracle, rows).items()})
+  return arrays
+
+
+def _scores_of(arrays: Dict[str, np.ndarray], prefix: str = ""
+               ) -> Dict[str, np.ndarray]:
+  """The score arrays (rows, ssim, psnr, grid_*) stored under `prefix`."""
+  out = {}
+  for key, value in arrays.items():
+    if key.startswith(prefix):
+      short = key[len(prefix):]
+      if short in ("rows", "ssim", "psnr") or short.startswith("grid_"):
+        out[short] = value
+  return out
 
 
 def _json_row(info: Dict) -> Dict:
@@ -451,20 +532,18 @@ def _jigsaw_table(dataset) -> tables.Table:
              "blocks from the Y, Cb and Cr planes."])
 
 
-def _score_jigsaw(table, key, scheme, shape, assemblies, plain, plan
-                  ) -> np.ndarray:
-  """Adds a row to the jigsaw table; returns the oracle's RGB images."""
+def _score_jigsaw(key, scheme, shape, assemblies, piece, rows, plan
+                  ) -> Tuple[Dict[str, np.ndarray], np.ndarray]:
+  """Per-image jigsaw accuracies, and the oracle's RGB images."""
   truth = jigsaw.source_blocks(plan)
   # An identity plan (no steps) maps plain images to the encrypted
   # representation's layout (the YCbCr planes for etc_gray).
   identity = encryption.make_plan(key, scheme, shape, steps=())
-  plain_rep = np.asarray(encryption.apply(identity, plain))
+  plain_rep = np.asarray(encryption.apply(identity, piece.plain(rows)))
   symmetries, transforms = jigsaw.variants_of(
       scheme, encryption.get_scheme(scheme).steps, plan.encrypted_shape[-1])
   accuracy = jigsaw.score(assemblies, truth, plain_rep, plan.block_size,
                           symmetries)
-  def as_rgb(images):
-    return visual_metrics.as_rgb(np.stack(images), plan.representation)
   # What a perfect prior would pick: the global variant closest to the
   # plain image.
   oracle = []
@@ -474,14 +553,18 @@ def _score_jigsaw(table, key, scheme, shape, assemblies, plain, plan
     errors = [np.mean((o.image.astype(np.float64) - target) ** 2)
               for o in options]
     oracle.append(options[int(np.argmin(errors))].image)
-  oracle = as_rgb(oracle)
-  table.add(scheme, len(assemblies), len(truth), accuracy.position.mean(),
-            accuracy.position_up_to_global.mean(), accuracy.neighbours.mean(),
-            accuracy.exact_blocks.mean(),
-            float(np.mean(accuracy.exact_blocks == 1.0)),
-            float(visual_metrics.ssim(plain, as_rgb([a.image for a in assemblies])).mean()),
-            float(visual_metrics.ssim(plain, oracle).mean()))
-  return oracle
+  return (dataclasses.asdict(accuracy),
+          visual_metrics.as_rgb(np.stack(oracle), plan.representation))
+
+
+def _add_jigsaw(table, scheme, plan, arrays) -> None:
+  """Adds a scheme's row to the jigsaw table from its per-image arrays."""
+  table.add(scheme, len(arrays["rows"]), len(jigsaw.source_blocks(plan)),
+            arrays["position"].mean(), arrays["position_up_to_global"].mean(),
+            arrays["neighbours"].mean(), arrays["exact_blocks"].mean(),
+            float(np.mean(arrays["exact_blocks"] == 1.0)),
+            float(arrays["ssim"].mean()),
+            float(arrays[ORACLE_PREFIX + "ssim"].mean()))
 
 
 def _learned_table(dataset) -> tables.Table:

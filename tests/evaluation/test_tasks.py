@@ -97,34 +97,43 @@ def test_attack_suite_resumes_after_a_crash(tfds_data_dir, tmp_path,
   args = dict(size="smoke", schemes=["etc", "pe"],
               attack_names=["fr", "jigsaw"], data_dir=tfds_data_dir,
               test_limit=12, jigsaw_limit=4, progress=False)
+  # The reference runs each attack in one chunk; the crashing run in
+  # chunks of 5 (FR) and 2 (jigsaw) images, which must not change a result.
   reference = attack_suite.run("cifar10", KEY, str(tmp_path / "ref"), **args)
+  monkeypatch.setattr(attack_suite, "CHUNK_IMAGES",
+                      {"fr": 5, "fr_advanced": 5, "jigsaw": 2})
 
   calls = []
   real = attack_suite.attacks_lib.reconstruct
 
-  def crash_on_pe(name, context, prior):
-    calls.append((context.scheme, name))
-    if context.scheme == "pe":
+  def crash_in_pe_fr(name, context, prior):
+    calls.append((context.scheme, name, len(context.encrypted)))
+    if calls.count(("pe", "fr", 5)) == 2:  # Its second chunk.
       raise RuntimeError("power cut")
     return real(name, context, prior)
 
   run_dir = str(tmp_path / "run")
-  monkeypatch.setattr(attack_suite.attacks_lib, "reconstruct", crash_on_pe)
+  monkeypatch.setattr(attack_suite.attacks_lib, "reconstruct", crash_in_pe_fr)
   with pytest.raises(RuntimeError, match="power cut"):
     attack_suite.run("cifar10", KEY, run_dir, **args)
   assert not os.path.exists(os.path.join(run_dir, "attacks", "cifar10"))
   store = os.path.join(run_dir, "attacks", ".cifar10.resume")
-  assert "etc__jigsaw.npz" in os.listdir(store)
+  saved = os.listdir(store)
+  assert "etc__jigsaw.npz" in saved and "pe__fr.part00000.npz" in saved
+  assert "pe__fr.npz" not in saved
 
   # Other settings do not mix with the unfinished run's pieces.
   with pytest.raises(FileExistsError, match="test_images differ"):
     attack_suite.run("cifar10", KEY, run_dir, **dict(args, test_limit=10))
 
   calls.clear()
-  monkeypatch.setattr(attack_suite.attacks_lib, "reconstruct",
-                      lambda *a: calls.append((a[1].scheme, a[0])) or real(*a))
+  monkeypatch.setattr(
+      attack_suite.attacks_lib, "reconstruct",
+      lambda *a: calls.append((a[1].scheme, a[0], len(a[1].encrypted)))
+      or real(*a))
   path = attack_suite.run("cifar10", KEY, run_dir, **args)
-  assert calls == [("pe", "fr")]  # etc's attacks were not run again
+  # etc's attacks and pe's first FR chunk were not run again.
+  assert calls == [("pe", "fr", 5), ("pe", "fr", 2)]
   assert not os.path.exists(store)
   for name in ("per_image.csv", "ssim_psnr.csv", "jigsaw.csv"):
     with open(os.path.join(path, name)) as got, \
