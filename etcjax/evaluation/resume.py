@@ -1,10 +1,11 @@
 """Finished pieces of a long evaluation task, kept so that a rerun resumes.
 
 The attacks task on Imagenette runs for hours on a CPU. It saves each
-finished (scheme, attack) piece here, next to its output folder:
+finished (scheme, attack) piece here, next to its output folder, and for
+the image-by-image attacks each finished chunk of images on the way:
 
     RUN/<task>/.<name>.resume/request.json    what was asked (no key material)
-    RUN/<task>/.<name>.resume/<unit>.npz      one finished piece
+    RUN/<task>/.<name>.resume/<unit>.npz      one finished piece or chunk
 
 Rerunning the same request skips the saved pieces; a different request
 with pieces left over is refused (pass overwrite to discard them), so
