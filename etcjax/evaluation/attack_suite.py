@@ -266,8 +266,12 @@ def run(dataset: str, key: bytes, out_dir: str, *, size: str = "smoke",
                                                    plan.representation),
                        np.arange(len(test)))
           elif attacks_lib.ATTACKS[name].learned:
-            # One piece: the network trains on the public images, once.
-            images, extras = attacks_lib.reconstruct(name, context, prior)
+            # One piece: the network trains on the public images, once,
+            # with checkpoints to resume an interrupted training.
+            images, extras = attacks_lib.reconstruct(
+                name, dataclasses.replace(
+                    context, checkpoint_dir=store.scratch(piece.unit(name))),
+                prior)
             row_table = _learned_table(dataset)
             _add_learned(row_table, scheme, name, extras["history"], training)
             piece.save(name, images, np.arange(len(test)),

@@ -85,6 +85,14 @@ class ResumeStore:
     """Whether `unit` was saved."""
     return os.path.exists(self._file(unit))
 
+  def scratch(self, unit: str) -> str:
+    """A folder for `unit`'s work in progress (e.g. training checkpoints).
+
+    It is removed with the store.
+    """
+    self._file(unit)  # Checks the name.
+    return os.path.join(self.path, f"{unit}.work")
+
   def save(self, unit: str, arrays: Dict[str, np.ndarray],
            info: Dict[str, Any]) -> None:
     """Saves a finished unit atomically (a crash leaves it absent, not torn).

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from etcjax import encryption
+from etcjax.evaluation.attacks import fitting
 from etcjax.evaluation.attacks import itn_attack
 from etcjax.evaluation.attacks import networks
 from etcjax.evaluation.attacks import threat_model
@@ -132,3 +133,38 @@ def test_itn_trains_data_parallel_like_on_one_device():
                           cwd=os.path.dirname(tests_dir))
   assert result.returncode == 0 and "DATA_PARALLEL_OK" in result.stdout, (
       result.stdout + result.stderr[-3000:])
+
+
+def _toy_fit(checkpoint_dir, steps, crash_at=None):
+  """Least squares by SGD through `fitting.fit`, optionally crashing."""
+  target = np.arange(4, dtype=np.float32)
+  calls = []
+
+  def next_batch(rng):
+    calls.append(1)
+    if len(calls) == crash_at:
+      raise RuntimeError("preempted")
+    return {"x": rng.normal(size=(4, 4)).astype(np.float32)}
+
+  def step(state, batch):
+    def loss_fn(w):
+      return jnp.mean((batch["x"] @ w - batch["x"] @ target) ** 2)
+    loss, grad = jax.value_and_grad(loss_fn)(state["w"])
+    return {"w": state["w"] - 0.05 * grad}, {"loss": loss}
+
+  state, history = fitting.fit(step, {"w": np.zeros(4, np.float32)}, next_batch,
+                               steps, 4, seed=3, checkpoint_dir=checkpoint_dir,
+                               checkpoint_every=3, progress=False)
+  return np.asarray(state["w"]), history, len(calls)
+
+
+def test_fit_resumes_an_interrupted_training_exactly(tmp_path):
+  want, want_history, _ = _toy_fit(None, 10)
+  folder = str(tmp_path / "ckpt")
+  with pytest.raises(RuntimeError, match="preempted"):
+    _toy_fit(folder, 10, crash_at=8)  # Saved after steps 3 and 6.
+  got, history, batches = _toy_fit(folder, 10)
+  assert batches == 4  # Steps 7-10 only.
+  np.testing.assert_array_equal(got, want)
+  assert history == want_history
+  assert want_history[-1]["loss"] < 0.1 * want_history[0]["loss"]

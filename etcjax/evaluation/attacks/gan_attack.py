@@ -123,7 +123,6 @@ def train(context: threat_model.AttackContext, mesh: Optional[Mesh] = None
   size = context.training
   if len(context.public_encrypted) == 0 or len(context.public_plain) == 0:
     raise ValueError("the GAN attack needs encrypted and plain training images")
-  rng = np.random.default_rng(context.seed)
   generator = networks.generator(size, context.image_shape)
   discriminator = networks.discriminator(size, context.image_shape)
   h, w, _ = context.image_shape
@@ -138,15 +137,16 @@ def train(context: threat_model.AttackContext, mesh: Optional[Mesh] = None
   encrypted_pool = visual_metrics.as_rgb(context.public_encrypted,
                                          context.representation)
 
-  def next_batch():
+  def next_batch(rng):
     enc = encrypted_pool[rng.integers(len(encrypted_pool), size=size.batch_size)]
     plain = context.public_plain[
         rng.integers(len(context.public_plain), size=size.batch_size)]
     return {"encrypted": enc, "plain": plain}
 
   state, history = fitting.fit(
-      step_fn, state, next_batch, size.steps, size.batch_size, mesh,
-      desc=f"GAN {context.scheme}", progress=context.progress)
+      step_fn, state, next_batch, size.steps, size.batch_size, context.seed,
+      mesh, context.checkpoint_dir, desc=f"GAN {context.scheme}",
+      progress=context.progress)
   return generator, state[0]["to_plain"], history
 
 

@@ -129,7 +129,6 @@ def train(context: threat_model.AttackContext, mesh: Optional[Mesh] = None
     training loss of every step.
   """
   size = context.training
-  rng = np.random.default_rng(context.seed)
   pool = KeyPool(context, attacker_keys(context.seed, size.num_keys))
   module = networks.generator(size, context.image_shape)
   h, w, _ = context.image_shape
@@ -138,15 +137,15 @@ def train(context: threat_model.AttackContext, mesh: Optional[Mesh] = None
   tx, step_fn = trainer(module, size.learning_rate)
   plain_pool = context.public_plain
 
-  def next_batch():
+  def next_batch(rng):
     plain = plain_pool[rng.integers(len(plain_pool), size=size.batch_size)]
     keys = rng.integers(size.num_keys, size=size.batch_size)
     return {"encrypted": pool.encrypt(plain, keys), "plain": plain}
 
   (params, _), history = fitting.fit(
       step_fn, (params, tx.init(params)), next_batch, size.steps,
-      size.batch_size, mesh, desc=f"ITN {context.scheme}",
-      progress=context.progress)
+      size.batch_size, context.seed, mesh, context.checkpoint_dir,
+      desc=f"ITN {context.scheme}", progress=context.progress)
   return module, params, [h["l1"] for h in history]
 
 

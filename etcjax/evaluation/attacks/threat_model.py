@@ -74,6 +74,8 @@ class AttackContext:
     training: size of learned attacks.
     seed: seed of every random choice of the attack.
     progress: show progress bars.
+    checkpoint_dir: where learned attacks save their training to resume
+      it after an interruption (None: no saves).
   """
 
   scheme: str
@@ -88,6 +90,7 @@ class AttackContext:
   training: TrainingSize
   seed: int = 0
   progress: bool = True
+  checkpoint_dir: Optional[str] = None
 
   def steps_on(self) -> Sequence[str]:
     """The scheme's steps that are applied."""
