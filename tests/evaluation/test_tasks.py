@@ -44,6 +44,21 @@ def test_attack_suite_smoke_on_cifar10(tfds_data_dir, tmp_path):
   chance = meta["reference_ssim"]
   assert 0 < chance["unrelated image"] < chance["mean image"] < 0.3
   assert "Chance levels" in open(os.path.join(path, "ssim_psnr.md")).read()
+  # The solved 4-block puzzles beat the mean image; the encrypted images
+  # do not.
+  oracle = by[("etc", "jigsaw_up_to_global")]
+  assert float(oracle["above mean image"]) > 0.8
+  assert oracle["verdict"].startswith("BROKEN")
+  assert float(by[("etc", "encrypted")]["above mean image"]) < 0.5
+
+
+def test_verdict_needs_more_than_the_mean_image_does():
+  assert attack_suite.verdict(0.6, 0.9) == "BROKEN: content recovered"
+  assert attack_suite.verdict(0.3, 0.9) == "partial: structure leaks"
+  assert attack_suite.verdict(0.3, 0.4) == "resisted (chance level)"
+  assert attack_suite.verdict(0.6, 0.2) == "resisted (chance level)"
+  assert attack_suite.verdict(0.1, 0.9) == "resisted"
+  assert attack_suite.verdict(float("nan"), 0.0) == ""
 
 
 def test_chance_levels_of_identical_and_of_noise_images():
