@@ -62,6 +62,10 @@ PAPER_SSIM_CIFAR10 = {
 # Verdict thresholds on mean SSIM against the plain images (heuristic).
 BROKEN_SSIM = 0.5
 LEAK_SSIM = 0.2
+# And on the jigsaw's share of correct neighbour pairs (random placement
+# scores about 2 / blocks).
+JIGSAW_BROKEN_NEIGHBOURS = 0.9
+JIGSAW_LEAK_NEIGHBOURS = 0.25
 
 
 @dataclasses.dataclass(frozen=True)
@@ -144,6 +148,23 @@ def verdict(mean_ssim: float, above_mean_image: float) -> str:
     return "BROKEN: content recovered"
   if mean_ssim >= LEAK_SSIM:
     return "partial: structure leaks"
+  return "resisted"
+
+
+def jigsaw_verdict(neighbours: float) -> str:
+  """Reading of a jigsaw result from its share of correct neighbour pairs.
+
+  SSIM undersells a reassembly that is right up to a mirror image or has
+  regions shifted against each other; the share of adjacent blocks put
+  back side by side says how much of the image is reassembled.
+
+  Args:
+    neighbours: mean share of correct neighbour pairs (jigsaw table).
+  """
+  if neighbours >= JIGSAW_BROKEN_NEIGHBOURS:
+    return "BROKEN: content recovered (up to a global transform)"
+  if neighbours >= JIGSAW_LEAK_NEIGHBOURS:
+    return "partial: regions reassembled"
   return "resisted"
 
 
@@ -326,8 +347,11 @@ def run(dataset: str, key: bytes, out_dir: str, *, size: str = "smoke",
               learned_table.add(*info["learned_row"])
     references = chance_levels(test.images)
     output.meta["reference_ssim"] = references
+    neighbours = dict(zip(jigsaw_table.column("scheme"),
+                          jigsaw_table.column("correct neighbours")))
     _summary_table(dataset, scores, reconstructing, references,
-                   mean_image_ssim(test.images)).write(folder, "ssim_psnr")
+                   mean_image_ssim(test.images), neighbours).write(
+                       folder, "ssim_psnr")
     if jigsaw_table.rows:
       jigsaw_table.write(folder, "jigsaw")
     if learned_table.rows:
@@ -498,7 +522,8 @@ def chance_levels(images: np.ndarray) -> Dict[str, float]:
 
 
 def _summary_table(dataset, scores, attack_names, references: Dict[str, float],
-                   baseline: np.ndarray) -> tables.Table:
+                   baseline: np.ndarray,
+                   jigsaw_neighbours: Dict[str, float]) -> tables.Table:
   table = tables.Table(
       f"{dataset}: SSIM and PSNR of reconstructions against the plain images",
       ["scheme", "attack", "images", "SSIM mean", "SSIM std", "SSIM median",
@@ -517,8 +542,10 @@ def _summary_table(dataset, scores, attack_names, references: Dict[str, float],
              f"Verdict from mean SSIM: >= {BROKEN_SSIM} BROKEN (content "
              f"recovered), >= {LEAK_SSIM} partial leak, else resisted; but "
              "resisted (chance level) when the result beats the mean image "
-             "on fewer than half of the images. Look at the example grids "
-             "too.",
+             "on fewer than half of the images. Jigsaw rows: from the share "
+             f"of correct neighbour pairs, >= {JIGSAW_BROKEN_NEIGHBOURS} "
+             f"BROKEN, >= {JIGSAW_LEAK_NEIGHBOURS} partial (see the jigsaw "
+             "table). Look at the example grids too.",
              "Chance levels on these test images (guesses that use nothing "
              "of the encrypted image): mean SSIM of another test image "
              f"{references['unrelated image']:.3f}, of the test set's mean "
@@ -535,9 +562,12 @@ def _summary_table(dataset, scores, attack_names, references: Dict[str, float],
       ssim = tables.summary(result["ssim"])
       psnr = tables.summary(result["psnr"])
       above = float(np.mean(result["ssim"] > baseline[result["rows"]]))
+      if name in ("jigsaw", JIGSAW_ORACLE) and scheme in jigsaw_neighbours:
+        reading = jigsaw_verdict(jigsaw_neighbours[scheme])
+      else:
+        reading = verdict(ssim["mean"], above)
       table.add(scheme, name, ssim["n"], ssim["mean"], ssim["std"],
-                ssim["median"], psnr["mean"], above, paper.get(name),
-                verdict(ssim["mean"], above))
+                ssim["median"], psnr["mean"], above, paper.get(name), reading)
   return table
 
 
