@@ -345,13 +345,13 @@ def run(dataset: str, key: bytes, out_dir: str, *, size: str = "smoke",
               jigsaw_table.add(*info["jigsaw_row"])
             if "learned_row" in info:
               learned_table.add(*info["learned_row"])
-    references = chance_levels(test.images)
+    baseline = mean_image_ssim(test.images)
+    references = chance_levels(test.images, baseline)
     output.meta["reference_ssim"] = references
     neighbours = dict(zip(jigsaw_table.column("scheme"),
                           jigsaw_table.column("correct neighbours")))
-    _summary_table(dataset, scores, reconstructing, references,
-                   mean_image_ssim(test.images), neighbours).write(
-                       folder, "ssim_psnr")
+    _summary_table(dataset, scores, reconstructing, references, baseline,
+                   neighbours).write(folder, "ssim_psnr")
     if jigsaw_table.rows:
       jigsaw_table.write(folder, "jigsaw")
     if learned_table.rows:
@@ -501,7 +501,8 @@ def mean_image_ssim(images: np.ndarray) -> np.ndarray:
   return visual_metrics.ssim(images, mean)
 
 
-def chance_levels(images: np.ndarray) -> Dict[str, float]:
+def chance_levels(images: np.ndarray,
+                  mean_image: Optional[np.ndarray] = None) -> Dict[str, float]:
   """Mean SSIM of guesses that use no information from the encrypted image.
 
   A reconstruction scores something only above these: SSIM against each
@@ -510,14 +511,17 @@ def chance_levels(images: np.ndarray) -> Dict[str, float]:
 
   Args:
     images: uint8 `[N, H, W, 3]` plain test images, N >= 2.
+    mean_image: `mean_image_ssim(images)` if already computed.
 
   Returns:
     {'unrelated image': ..., 'mean image': ...}.
   """
+  if mean_image is None:
+    mean_image = mean_image_ssim(images)
   return {
       "unrelated image": float(visual_metrics.ssim(
           images, np.roll(images, 1, axis=0)).mean()),
-      "mean image": float(mean_image_ssim(images).mean()),
+      "mean image": float(mean_image.mean()),
   }
 
 
