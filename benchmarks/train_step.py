@@ -44,7 +44,8 @@ def main(argv):
   options = steps.StepOptions(
       num_classes=info.num_classes, encrypt=enc.on_device,
       label_smoothing=aug.label_smoothing, mixup_alpha=aug.mixup_alpha,
-      cutmix_alpha=aug.cutmix_alpha, compute_dtype=config.compute_dtype)
+      cutmix_alpha=aug.cutmix_alpha,
+      compute_dtype=steps.resolve_compute_dtype(config.compute_dtype))
   step_fn = jax.jit(functools.partial(
       steps.train_step, rng=jax.random.key(0), model=module, tx=tx,
       schedule=optimizers.make_schedule(config, 1000), options=options),

@@ -47,7 +47,6 @@ def get_config(arg=None):
   config.augment.crop = "resize"
   config.augment.flip = True
 
-  config.compute_dtype = "float32"  # 'bfloat16' on TPU halves memory
   config.log_every_steps = 50
   config.eval_every_steps = 1000
   config.checkpoint_every_steps = 1000

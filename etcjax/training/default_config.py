@@ -83,9 +83,10 @@ def get_default_config() -> ml_collections.ConfigDict:
   # etcjax.models.key_adaptation). An export adapted from public weights
   # reveals the key; it is marked so and warned about.
   config.adapt_pretrained = False
-  # 'float32', or 'bfloat16' (TPU): compute in bfloat16, keep float32
-  # parameters, optimizer state and loss.
-  config.compute_dtype = "float32"
+  # 'auto' (bfloat16 on TPU and GPU, float32 on CPU), 'float32' or
+  # 'bfloat16': the dtype of the forward and backward pass; parameters,
+  # optimizer state, BatchNorm statistics and the loss stay float32.
+  config.compute_dtype = "auto"
 
   # --- Optimisation. ---
   config.optim = ml_collections.ConfigDict()

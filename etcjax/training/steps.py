@@ -25,6 +25,36 @@ from etcjax.data import mixing
 Metrics = Dict[str, jax.Array]
 
 COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+# 'auto' resolves per backend: bfloat16 where the matrix units run it at full
+# rate (TPU MXU, GPU tensor cores), float32 on CPU, where XLA emulates
+# bfloat16 matmuls and they are slower than float32.
+AUTO_COMPUTE_DTYPE = {"tpu": "bfloat16", "gpu": "bfloat16", "cuda": "bfloat16",
+                      "rocm": "bfloat16"}
+
+
+def resolve_compute_dtype(name: str, backend: Optional[str] = None) -> str:
+  """The compute dtype a config's `compute_dtype` means on a backend.
+
+  Args:
+    name: 'auto', 'float32' or 'bfloat16'.
+    backend: a `jax.default_backend()` name ('cpu', 'tpu', 'gpu', ...);
+      None = the current default backend.
+
+  Returns:
+    'float32' or 'bfloat16': `name` itself unless it is 'auto', which is
+    'bfloat16' on TPU and GPU and 'float32' elsewhere.
+
+  Raises:
+    ValueError: `name` is none of these.
+  """
+  if name == "auto":
+    backend = jax.default_backend() if backend is None else backend
+    return AUTO_COMPUTE_DTYPE.get(backend, "float32")
+  if name not in COMPUTE_DTYPES:
+    raise ValueError(
+        f"compute_dtype must be 'auto' or one of {sorted(COMPUTE_DTYPES)}, "
+        f"got {name!r}")
+  return name
 
 
 @flax.struct.dataclass
@@ -86,7 +116,8 @@ class StepOptions:
     mixup_alpha, cutmix_alpha, mix_prob, switch_prob: see
       `etcjax.data.mixing.mix`; mixing is off when both alphas are 0.
     compute_dtype: 'float32' or 'bfloat16' (forward and backward pass;
-      parameters, optimizer and loss stay float32).
+      parameters, optimizer and loss stay float32), or 'auto', resolved by
+      `resolve_compute_dtype` for the backend when the step is traced.
   """
 
   num_classes: int
@@ -132,7 +163,13 @@ def _cast_floats(tree: Any, dtype) -> Any:
 def _forward(model: nn.Module, params, batch_stats, x: jax.Array,
              train: bool, rng: Optional[jax.Array], options: StepOptions):
   """Logits (float32) and, in training, the new BatchNorm statistics."""
-  dtype = COMPUTE_DTYPES[options.compute_dtype]
+  dtype = COMPUTE_DTYPES[resolve_compute_dtype(options.compute_dtype)]
+  # Flax layers promote their inputs to the module's own `dtype`: a module
+  # built with the float32 default would compute in float32 whatever it is
+  # fed, so the step sets the dtype of modules that have one.
+  if "dtype" in getattr(model, "__dataclass_fields__", {}) and (
+      model.dtype != dtype):
+    model = model.clone(dtype=dtype)
   variables = {"params": _cast_floats(params, dtype)}
   if batch_stats:
     variables["batch_stats"] = batch_stats

@@ -366,10 +366,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   mesh = sharding.make_mesh()
   sharding.check_batch_size(config.batch_size, "config.batch_size")
   sharding.check_batch_size(config.eval_batch_size, "config.eval_batch_size")
-  if config.compute_dtype not in steps.COMPUTE_DTYPES:
-    raise ValueError(
-        f"config.compute_dtype must be one of {sorted(steps.COMPUTE_DTYPES)}, "
-        f"got {config.compute_dtype!r}")
+  compute_dtype = steps.resolve_compute_dtype(config.compute_dtype)
 
   total_steps = _total_steps(config, info.num_train)
   steps_per_epoch = info.num_train / config.batch_size
@@ -408,19 +405,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     (workdir / CONFIG_FILE).write_text(_written_config(config, enc))
   logging.info(
       "%s: model %s on %s images %s, %d train / %d eval examples, %d steps "
-      "of %d (%.2f epochs) on %d devices / %d processes, from step %d",
-      config.name, models.describe(config.model, config.model_kwargs.to_dict()),
+      "of %d (%.2f epochs) on %d devices / %d processes, from step %d, "
+      "%s compute", config.name, models.describe(config.model, config.model_kwargs.to_dict()),
       enc.scheme or "plain", enc.input_shape,
       info.num_train, info.num_eval, total_steps, config.batch_size,
       total_steps / steps_per_epoch, jax.device_count(), jax.process_count(),
-      start_step)
+      start_step, compute_dtype)
 
   aug = config.augment
   options = steps.StepOptions(
       num_classes=info.num_classes, encrypt=enc.on_device,
       label_smoothing=aug.label_smoothing, mixup_alpha=aug.mixup_alpha,
       cutmix_alpha=aug.cutmix_alpha, mix_prob=aug.mix_prob,
-      switch_prob=aug.switch_prob, compute_dtype=config.compute_dtype)
+      switch_prob=aug.switch_prob, compute_dtype=compute_dtype)
   replicated = sharding.replicated(mesh)
   train_fn = jax.jit(
       functools.partial(steps.train_step, rng=train_rng, model=module, tx=tx,

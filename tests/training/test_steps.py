@@ -122,6 +122,50 @@ def test_bfloat16_compute_keeps_float32_state():
   assert float(metrics["loss"]) != float(f32_metrics["loss"])
 
 
+def test_compute_dtype_auto_resolves_per_backend():
+  # 'auto' is what the default config uses; forced backends stand in for
+  # the accelerators this machine does not have.
+  assert steps.resolve_compute_dtype("auto", "cpu") == "float32"
+  assert steps.resolve_compute_dtype("auto", "tpu") == "bfloat16"
+  assert steps.resolve_compute_dtype("auto", "gpu") == "bfloat16"
+  assert steps.resolve_compute_dtype("auto") == "float32"  # this CPU
+  assert steps.resolve_compute_dtype("bfloat16", "cpu") == "bfloat16"
+  assert default_config.get_default_config().compute_dtype == "auto"
+  with pytest.raises(ValueError, match="compute_dtype must be 'auto' or one"):
+    steps.resolve_compute_dtype("float16")
+
+
+def _matmul_dtypes(compute_dtype, monkeypatch=None, backend=None):
+  """dtypes of the dot_general operands in a ConvMixer train step's jaxpr."""
+  from etcjax import models  # pylint: disable=g-import-not-at-top
+  if backend is not None:
+    monkeypatch.setattr(jax, "default_backend", lambda: backend)
+  module, variables = models.create("ConvMixer-256/8", 4, 16, dim=8, depth=1,
+                                    patch_size=4, kernel_size=3)
+  config = default_config.get_default_config()
+  tx = optimizers.make_optimizer(config, 10)
+  state = steps.TrainState.create(variables, tx)
+  options = steps.StepOptions(num_classes=4, compute_dtype=compute_dtype)
+  step = functools.partial(steps.train_step, model=module, tx=tx,
+                           schedule=optimizers.make_schedule(config, 10),
+                           options=options)
+  jaxpr = jax.make_jaxpr(step)(state, tiny_model.synthetic_batch(0, 4),
+                               jax.random.key(0), None)
+  dtypes = set()
+  for line in str(jaxpr).splitlines():
+    if "dot_general" in line and "=" in line:
+      dtypes.add(line.split("=")[0].split(":")[-1].strip().split("[")[0])
+  return dtypes
+
+
+def test_bfloat16_compute_reaches_the_model_layers(monkeypatch):
+  # The model is built with the float32 default; the step must still run
+  # its matmuls in bfloat16 (flax layers promote inputs to their own dtype).
+  assert _matmul_dtypes("float32") == {"f32"}
+  assert _matmul_dtypes("bfloat16") == {"bf16"}
+  assert _matmul_dtypes("auto", monkeypatch, "tpu") == {"bf16"}
+
+
 def test_state_rejects_unknown_collections():
   with pytest.raises(ValueError, match="collections \\['cache'\\]"):
     steps.TrainState.create({"params": {}, "cache": {}}, None)
