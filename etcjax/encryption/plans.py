@@ -38,6 +38,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from etcjax.encryption import block_apply
+
 # Representations: how uint8 RGB images map to the flat integer vector that
 # is permuted, and how the permuted vector maps back to an image.
 PIXELS = "pixels"  # the uint8 values themselves, [H, W, C].
@@ -280,6 +282,10 @@ def _encrypt_flat(gather, xor, images, *, representation, out_shape):
                     plain=False)
 
 
+_encrypt_blocks = jax.jit(block_apply.apply_blocks,
+                          static_argnames=("image_shape", "block_size"))
+
+
 @functools.partial(jax.jit, static_argnames=("representation", "out_shape"))
 def _decrypt_flat(ungather, xor, encrypted, *, representation, out_shape):
   flat = _to_flat(representation, encrypted, plain=False)
@@ -371,6 +377,11 @@ def apply(plan: Plan, images):
     TypeError, ValueError: for a non-uint8 or mis-shaped batch.
   """
   check_batch(plan, images, encrypted=False)
+  if block_apply.prefer_blocks(plan, jax.default_backend()):
+    # Same values as the flat gather, in block operations (block_apply.py).
+    return _encrypt_blocks(plan.gather, plan.xor, images,
+                           image_shape=plan.image_shape,
+                           block_size=plan.block_size)
   return _encrypt_flat(plan.gather, plan.xor, images,
                        representation=plan.representation,
                        out_shape=plan.encrypted_shape)
