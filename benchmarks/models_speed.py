@@ -24,6 +24,8 @@ median ratio and its spread (min-max over rounds).
     python benchmarks/models_speed.py                # everything
     python benchmarks/models_speed.py --only convmixer_p4 --rounds 5
     python benchmarks/models_speed.py --only convmixer_p2 --method shifted
+    python benchmarks/models_speed.py --only convmixer_p4 --method toeplitz \
+        --baseline_method shifted   # two depthwise methods, no PyTorch
 
 PyTorch is a benchmark-only dependency: `pip install torch==2.13.0` (CPU).
 """
@@ -259,9 +261,17 @@ class Worker:
 
 
 def compare(case_name: str, case: dict, rounds: int,
-            round_seconds: float) -> dict:
-  """Alternates the two frameworks; returns throughputs, memory and ratios."""
-  ours, theirs = Worker("jax", case_name), Worker("torch", case_name)
+            round_seconds: float, baseline_method=None) -> dict:
+  """Alternates the two frameworks; returns throughputs, memory and ratios.
+
+  With `baseline_method`, the baseline ("torch" columns) is our own
+  ConvMixer with that depthwise method instead of PyTorch.
+  """
+  ours = Worker("jax", case_name)
+  if baseline_method:
+    theirs = Worker("jax", json.dumps(dict(case, method=baseline_method)))
+  else:
+    theirs = Worker("torch", case_name)
   # Each framework gets its own step count so that both rounds last at
   # least round_seconds; speeds are compared in images/s.
   counts = {name: max(1, math.ceil(round_seconds / w.step_seconds))
@@ -301,6 +311,9 @@ def main(argv=None):
                       help="minimum length of one framework's round")
   parser.add_argument("--method", default="auto",
                       help="depthwise_method of our ConvMixer")
+  parser.add_argument("--baseline_method",
+                      help="compare our ConvMixer with --method against "
+                      "ours with this depthwise method instead of PyTorch")
   parser.add_argument("--json", help="also write the results to this file")
   args = parser.parse_args(argv)
   if args.worker:
@@ -316,7 +329,9 @@ def main(argv=None):
     if case["kind"] == "convmixer":
       case["method"] = args.method
     print(f"{name} (method {case.get('method', '-')}):", flush=True)
-    r = compare(json.dumps(case), case, args.rounds, args.round_seconds)
+    baseline = args.baseline_method if case["kind"] == "convmixer" else None
+    r = compare(json.dumps(case), case, args.rounds, args.round_seconds,
+                baseline)
     r["name"] = name
     results.append(r)
   print(f"{'case':15s} {'method':>8s} {'ours img/s':>10s} {'torch img/s':>11s}"

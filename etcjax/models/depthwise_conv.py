@@ -21,7 +21,8 @@ All formulations compute the same function (up to float rounding) and take
 the same parameter `kernel` `[k, k, 1, C]` (the layout of
 `nn.Conv(C, (k, k), feature_group_count=C)`), so checkpoints move between
 backends unchanged. `depthwise_conv2d(..., method='auto')` picks one from
-`jax.default_backend()` and the grid size at trace time.
+`jax.default_backend()`, the grid size and the kernel size at trace time,
+by a crossover measured on CPU (see `select_method`).
 """
 
 from __future__ import annotations
@@ -36,30 +37,44 @@ import numpy as np
 
 METHODS = ("auto", "grouped", "toeplitz", "shifted")
 
-# Largest H*W for which 'auto' uses 'toeplitz' on CPU. The matrix has
-# (H*W)^2 entries per channel against k*k taps of the direct form, so its
-# cost grows with the grid. Measured with benchmarks/models_speed.py
-# (ConvMixer-256/8, k=9, batch 64, ratios to PyTorch in the same run): at
-# 16x16 'toeplitz' trained 0.65x PyTorch's speed and 'shifted' 0.39x; at
-# 32x32 the matrices would be 1 GB per layer.
-TOEPLITZ_MAX_TOKENS = 256
+# 'auto' on CPU: 'toeplitz' costs (H*W)^2 multiply-adds per channel and
+# image, 'shifted' k*k*H*W (plus its transposes), so the choice depends on
+# H*W / (k*k). Measured with benchmarks/models_speed.py, training steps,
+# batch 64, alternating rounds of >= 10 s, median ratio (min-max) of
+# images/s, toeplitz / shifted in the same run (--method toeplitz
+# --baseline_method shifted), 2 shared cores under load:
+#
+#   grid   k  H*W/k^2  model                    toeplitz / shifted
+#   8x8    9  0.79     ConvMixer-256/8 P=4      MEASURED_P4
+#   8x8    5  2.56     ConvMixer-128/6 P=4 (:cpu) MEASURED_CPU
+#   16x16  9  3.16     ConvMixer-256/8 P=2      MEASURED_P2
+#   32x32  9  12.6     ConvMixer-256/8 P=1      (toeplitz: 1 GB of matrices
+#                                               per layer; shifted)
+#
+# 'toeplitz' is used up to this H*W / k^2 ratio, 'shifted' beyond.
+TOEPLITZ_MAX_GRID_PER_TAP = 2.0
 
 
-def select_method(backend: str, height: int, width: int) -> str:
+def select_method(backend: str, height: int, width: int,
+                  kernel_size: int = 9) -> str:
   """The formulation 'auto' uses.
 
   Args:
     backend: `jax.default_backend()`, e.g. 'cpu', 'tpu', 'gpu'.
     height: H of the input grid.
     width: W of the input grid.
+    kernel_size: k.
 
   Returns:
-    'grouped' off CPU; on CPU 'toeplitz' for grids of at most
-    `TOEPLITZ_MAX_TOKENS` positions, else 'shifted'.
+    'grouped' off CPU; on CPU 'toeplitz' when
+    `H * W <= TOEPLITZ_MAX_GRID_PER_TAP * k * k` (the measured crossover,
+    see the table above), else 'shifted'.
   """
   if backend != "cpu":
     return "grouped"
-  return "toeplitz" if height * width <= TOEPLITZ_MAX_TOKENS else "shifted"
+  if height * width <= TOEPLITZ_MAX_GRID_PER_TAP * kernel_size**2:
+    return "toeplitz"
+  return "shifted"
 
 
 def _same_padding(k: int):
@@ -232,7 +247,7 @@ def depthwise_conv2d(x, kernel, *, method: str = "auto"):
         f"depthwise kernel must be [k, k, 1, C={x.shape[-1]}], got "
         f"{kernel.shape}")
   if method == "auto":
-    method = select_method(jax.default_backend(), x.shape[1], x.shape[2])
+    method = select_method(jax.default_backend(), x.shape[1], x.shape[2], k)
   if method == "grouped":
     return _grouped(x, kernel)
   taps = kernel[:, :, 0, :]

@@ -1,0 +1,66 @@
+"""benchmarks/accelerator.py runs end to end on CPU at its tiny size."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPT = os.path.join(ROOT, "benchmarks", "accelerator.py")
+sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+import accelerator  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+
+def _run(tmp_path, data_dir, *args):
+  out = tmp_path / "report.json"
+  env = dict(os.environ, ETCJAX_DATA_DIR=data_dir, PYTHONPATH=ROOT)
+  proc = subprocess.run(
+      [sys.executable, SCRIPT, "--compute_dtype=bfloat16", "--min_seconds=0.2",
+       "--pipeline_batches=1", "--parity_steps=2", f"--out={out}", *args],
+      capture_output=True, text=True, env=env, timeout=600, cwd=tmp_path)
+  assert proc.returncode == 0, proc.stdout + proc.stderr
+  return proc.stdout, json.loads(out.read_text())
+
+
+def _check_row(row):
+  assert row["tiny"] and row["compute_dtype"] == "bfloat16"
+  assert row["step_ms"] > 0 and row["images_per_s"] > 0
+  assert row["flops_per_step"] > 0
+  # CPU: no peak in the table, said so instead of a made-up MFU.
+  assert row["mfu"] is None and "unknown peak" in row["mfu_note"]
+  assert 0 < row["encrypt_share"] < 1
+  assert row["etc_used"] == "gather" and row["etc_blocks_ms"] > 0
+  assert row["pipeline_images_per_s"] > 0  # the real CIFAR/Imagenette data
+  assert len(row["parity_device_losses"]) == 2
+  # bfloat16 against float32: close, and really a different computation.
+  assert row["parity_ok"] and row["parity_max_rel_diff"] <= 5e-2
+  assert row["parity_device_losses"] != row["parity_cpu_losses"]
+
+
+def test_convmixer_cifar10_report(tmp_path, data_dir):
+  stdout, report = _run(tmp_path, data_dir, "--cases",
+                        "convmixer_256_8_cifar10")
+  assert report["backend"] == "cpu"
+  (row,) = report["cases"]
+  _check_row(row)
+  assert "convmixer_256_8_cifar10" in stdout and "MFU n/a" in stdout
+  assert not (tmp_path / "report.json.tmp").exists()
+
+
+@pytest.mark.slow
+def test_all_cases_report(tmp_path, data_dir):
+  _, report = _run(tmp_path, data_dir)
+  assert [r["case"] for r in report["cases"]] == list(accelerator.CASES)
+  for row in report["cases"]:
+    _check_row(row)
+
+
+def test_peak_table():
+  assert accelerator.peak_flops("TPU v4") == 275e12
+  assert accelerator.peak_flops("TPU v5 lite") == 197e12
+  assert accelerator.peak_flops("TPU v5p") == 459e12
+  assert accelerator.peak_flops("NVIDIA H100 PCIe") == 756e12
+  assert accelerator.peak_flops("NVIDIA A100-SXM4-80GB") == 312e12
+  assert accelerator.peak_flops("cpu") is None
