@@ -45,14 +45,16 @@ METHODS = ("auto", "grouped", "toeplitz", "shifted")
 # --baseline_method shifted), 2 shared cores under load:
 #
 #   grid   k  H*W/k^2  model                    toeplitz / shifted
-#   8x8    9  0.79     ConvMixer-256/8 P=4      MEASURED_P4
-#   8x8    5  2.56     ConvMixer-128/6 P=4 (:cpu) MEASURED_CPU
-#   16x16  9  3.16     ConvMixer-256/8 P=2      MEASURED_P2
+#   8x8    9  0.79     ConvMixer-256/8 P=4      1.93 (0.90-2.18)
+#   8x8    5  2.56     ConvMixer-128/6 P=4 (:cpu) 1.08 (0.90-1.48)
+#   16x16  9  3.16     ConvMixer-256/8 P=2      0.69 (0.47-0.84)
 #   32x32  9  12.6     ConvMixer-256/8 P=1      (toeplitz: 1 GB of matrices
 #                                               per layer; shifted)
 #
-# 'toeplitz' is used up to this H*W / k^2 ratio, 'shifted' beyond.
-TOEPLITZ_MAX_GRID_PER_TAP = 2.0
+# 'toeplitz' is used up to this H*W / k^2 ratio, 'shifted' beyond (at the
+# :cpu model's 2.56 the two tie within noise and 'toeplitz' needs less
+# memory: 511 against 584 MB peak).
+TOEPLITZ_MAX_GRID_PER_TAP = 3.0
 
 
 def select_method(backend: str, height: int, width: int,

@@ -54,10 +54,11 @@ def test_auto_selection_per_backend_and_grid():
   assert depthwise_conv.select_method("cpu", 32, 32) == "shifted"
   # The measured crossover (depthwise_conv.py's table): ConvMixer-256/8 at
   # patch 4 (8x8, k=9) toeplitz; at patch 2 (16x16, k=9) shifted; the :cpu
-  # ConvMixer (8x8, k=5) shifted.
+  # ConvMixer (8x8, k=5) toeplitz.
   assert depthwise_conv.select_method("cpu", 8, 8, 9) == "toeplitz"
   assert depthwise_conv.select_method("cpu", 16, 16, 9) == "shifted"
-  assert depthwise_conv.select_method("cpu", 8, 8, 5) == "shifted"
+  assert depthwise_conv.select_method("cpu", 8, 8, 5) == "toeplitz"
+  assert depthwise_conv.select_method("cpu", 8, 8, 3) == "shifted"
   assert depthwise_conv.select_method("cpu", 4, 4, 3) == "toeplitz"
 
 
