@@ -8,6 +8,7 @@ checks that both give identical bytes, and prints per-round ratios B / A
 min-max. `block_apply.BLOCK_BACKENDS` says where `plans.apply` uses blocks.
 
     python benchmarks/block_encryption_speed.py [--rounds 7] [--min_seconds 1]
+    python benchmarks/block_encryption_speed.py --tiny   # seconds; a check
 """
 
 import argparse
@@ -23,6 +24,7 @@ from etcjax.encryption import plans
 
 # (batch, height, width, block size): ViT/Imagenette, CIFAR-10 at 16 and 4.
 CONFIGS = ((128, 224, 224, 16), (1024, 32, 32, 16), (1024, 32, 32, 4))
+TINY_CONFIGS = ((4, 32, 32, 16), (4, 32, 32, 4))
 
 
 def _timer(fn, images, min_seconds):
@@ -41,7 +43,12 @@ def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--rounds", type=int, default=7)
   parser.add_argument("--min_seconds", type=float, default=1.0)
+  parser.add_argument("--tiny", action="store_true",
+                      help="small batches, 2 short rounds (checks, no speed)")
   args = parser.parse_args(argv)
+  configs = CONFIGS
+  if args.tiny:
+    configs, args.rounds, args.min_seconds = TINY_CONFIGS, 2, 0.01
   print(f"backend {jax.default_backend()}; ratio = block time / gather time")
   key = bytes(range(32))
   blocks_fn = jax.jit(block_apply.apply_blocks,
@@ -49,7 +56,7 @@ def main(argv=None):
   flat_fn = jax.jit(lambda p, x: plans._encrypt_flat(  # pylint: disable=protected-access
       p.gather, p.xor, x, representation=p.representation,
       out_shape=p.encrypted_shape))
-  for n, h, w, b in CONFIGS:
+  for n, h, w, b in configs:
     plan = jax.device_put(encryption.make_plan(key, "etc", (h, w, 3), b))
     images = jax.device_put(np.random.default_rng(0).integers(
         0, 256, (n, h, w, 3), np.uint8))

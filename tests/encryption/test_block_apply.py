@@ -104,3 +104,15 @@ def test_environment_overrides_the_choice(monkeypatch):
   monkeypatch.setenv(block_apply.OVERRIDE_ENV, "fast")
   with pytest.raises(ValueError, match="'auto', 'gather' or 'blocks'"):
     block_apply.prefer_blocks(plan, "tpu")
+
+
+def test_speed_benchmark_runs_and_checks_equality(capsys):
+  import os  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  root = os.path.dirname(os.path.dirname(os.path.dirname(
+      os.path.abspath(__file__))))
+  sys.path.insert(0, os.path.join(root, "benchmarks"))
+  import block_encryption_speed  # pylint: disable=g-import-not-at-top
+  block_encryption_speed.main(["--tiny"])
+  out = capsys.readouterr().out
+  assert "b=16" in out and "b=4" in out and "ratio median" in out
