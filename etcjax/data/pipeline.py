@@ -40,11 +40,11 @@ import tensorflow as tf
 
 from etcjax import encryption
 from etcjax.data import augment
+from etcjax.data import encrypted_dataset
 from etcjax.data import host_encryption
 from etcjax.data import randaugment
 from etcjax.data import sampling
 from etcjax.data import sources
-from etcjax.encryption import manifest as manifest_lib
 from etcjax.encryption import plans
 
 # TensorFlow only feeds the host here; it must not claim accelerator memory
@@ -253,9 +253,9 @@ def _encrypted_shape(s: _Settings) -> Tuple[int, int, int]:
 
 def _read_manifest(s: _Settings, splits: Tuple[str, ...]) -> Dict[str, Any]:
   """Reads an encrypted dataset's manifest and checks it against the config."""
-  manifest = manifest_lib.read_manifest(s.data_dir)
+  manifest = encrypted_dataset.read_manifest(s.data_dir)
   for split in splits:
-    manifest_lib.check_manifest(manifest, scheme=s.scheme or None,
+    encrypted_dataset.check_manifest(manifest, scheme=s.scheme or None,
                                 block_size=s.block_size,
                                 fingerprint=s.fingerprint or None, split=split)
   if s.jpeg_quality is not None and manifest["jpeg_quality"] != s.jpeg_quality:

@@ -24,8 +24,8 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 import tensorflow as tf
 
+from etcjax.data import encrypted_dataset
 from etcjax.data import image_folder
-from etcjax.encryption import manifest as manifest_lib
 
 # Formats tf.io.decode_image reads; folders with other files (TIFF, PPM)
 # are decoded with PIL through tf.numpy_function, which is slower.
@@ -181,7 +181,7 @@ def load_encrypted_split(root: str, split: str,
     ValueError: the split is missing or incomplete, or its files do not
       match the manifest.
   """
-  paths, labels, _ = manifest_lib.list_images(root, manifest, split)
+  paths, labels, _ = encrypted_dataset.list_images(root, manifest, split)
   shape = tuple(manifest["encrypted_shape"])
   return Source(labels=labels, label_names=list(manifest["label_names"]),
                 description=f"split {split!r} of encrypted dataset {root}",

@@ -9,10 +9,10 @@ import pytest
 
 from etcjax import encrypt as encrypt_cli
 from etcjax import encryption
+from etcjax.data import encrypted_dataset
 from etcjax.data import host_encryption
 from etcjax.data import pipeline
 from etcjax.encryption import jpeg
-from etcjax.encryption import manifest as manifest_lib
 
 from .conftest import CLASSES, image_ids, write_folder
 
@@ -257,7 +257,7 @@ def test_encrypted_jpeg_dataset_decodes_like_the_jpeg_module(
     encrypted_datasets, encrypted_config):
   root = encrypted_datasets["jpeg"]
   config = encrypted_config(root, encryption__jpeg_quality=85)
-  paths, _, _ = manifest_lib.list_images(root, manifest_lib.read_manifest(root),
+  paths, _, _ = encrypted_dataset.list_images(root, encrypted_dataset.read_manifest(root),
                                          "val")
   files = [open(p, "rb").read() for p in paths]
   expected = jpeg.decode(files)  # chroma replicated, not interpolated
@@ -287,9 +287,9 @@ def test_encrypted_dataset_that_differs_from_the_config_is_refused(
 def test_incomplete_encrypted_split_is_refused(encrypted_datasets,
                                                encrypted_config, tmp_path):
   root = encrypted_datasets["png"]
-  manifest = manifest_lib.read_manifest(root)
+  manifest = encrypted_dataset.read_manifest(root)
   manifest["splits"]["train"]["complete"] = False
-  manifest_lib.write_manifest(tmp_path, manifest)
+  encrypted_dataset.write_manifest(tmp_path, manifest)
   with pytest.raises(ValueError, match="incomplete"):
     pipeline.train_iterator(encrypted_config(str(tmp_path)))
   with pytest.raises(FileNotFoundError, match="manifest.json"):

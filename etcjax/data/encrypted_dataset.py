@@ -1,4 +1,4 @@
-"""The manifest of an encrypted dataset on disk, and its file layout.
+"""The encrypted-dataset format: its manifest, file layout and listing.
 
 An encrypted dataset, as written by `python -m etcjax.encrypt encrypt` and
 read (without the key) by the training pipeline:
@@ -37,11 +37,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
+from etcjax import files
 from etcjax.encryption import jpeg
 from etcjax.encryption import keys
 from etcjax.encryption import schemes
@@ -196,34 +196,8 @@ def write_manifest(root: str | os.PathLike, manifest: Dict[str, Any]) -> str:
   path = os.path.join(root, MANIFEST_FILE)
   validate_manifest(manifest, where=f"manifest for {path}")
   text = json.dumps(manifest, indent=2, sort_keys=True) + "\n"
-  atomic_write(path, text.encode("utf-8"))
+  files.atomic_write(path, text.encode("utf-8"))
   return path
-
-
-def atomic_write(path: str, data: bytes) -> None:
-  """Writes `data` to `path` via a temporary file and a rename.
-
-  A crash leaves either no file at `path` or the complete one (at worst a
-  stray `.<name>.tmp*` file in the same folder, which readers ignore).
-
-  Args:
-    path: destination; its folder must exist.
-    data: the file's content.
-  """
-  folder, name = os.path.split(path)
-  fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=folder or ".")
-  try:
-    with os.fdopen(fd, "wb") as f:
-      f.write(data)
-    # mkstemp creates 0600 files; data files get the usual umask'ed mode.
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
 
 
 def make_manifest(*, scheme: str, block_size: int, steps, image_shape,
