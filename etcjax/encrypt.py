@@ -9,15 +9,18 @@ r"""Client-side CLI of the data owner: make a key, encrypt a dataset, decrypt it
         --out=imagenette_etc --format=png
     python -m etcjax.encrypt decrypt --key=owner.key --in=cifar10_etc \
         --out=cifar10_plain
+    python -m etcjax.encrypt verify --out=cifar10_etc
 
 `encrypt` writes the encrypted-dataset layout of `etcjax.data.encrypted_dataset`
 (`OUT/manifest.json`, `OUT/<split>/<class>/<source_index:06d>.jpg|.png`),
 which the cloud trains on without the key; the writer is
 `etcjax.data.encrypted_writer`. Behaviour, decided once:
 
-- Resumable: every file is written atomically (temporary file + rename), so
-  a file that exists is complete; re-running the same command skips them and
-  writes the rest. A split is marked complete in the manifest only when all
+- Resumable: every file is written atomically (temporary file + rename) and
+  its SHA-256 recorded in the manifest; re-running the same command keeps
+  the files that match their hash and writes the rest (missing, truncated
+  or damaged ones). `verify` checks every file against its hash without
+  the key. A split is marked complete in the manifest only when all
   its files exist. Folder sources are indexed by position in the sorted file
   list, so a changed list (files added, removed, renamed) is refused on
   resume unless --overwrite re-encrypts the split.
@@ -162,6 +165,8 @@ def cmd_encrypt(args) -> int:
     print(f"{split}: {result.written} written, {result.skipped} already "
           f"done, {len(result.failures)} failed"
           f"{'' if complete else ' (split left incomplete)'}")
+    for message in result.redone:
+      print(f"  redone: {message}", file=sys.stderr)
     for _, message in result.failures:
       print(f"  failed: {message}", file=sys.stderr)
 
@@ -207,6 +212,48 @@ def cmd_decrypt(args) -> int:
       on_split=lambda split, final, n: print(
           f"{split}: {n} images decrypted to {final}"))
   return 0
+
+
+def cmd_verify(args) -> int:
+  """Checks every file of an encrypted dataset against its recorded hash."""
+  manifest = encrypted_dataset.read_manifest(args.out)
+  checks = encrypted_dataset.verify_files(
+      args.out, manifest, _csv(args.split) if args.split else None,
+      workers=args.workers)
+  if args.add_hashes:
+    problems = encrypted_dataset.record_hashes(args.out, manifest, checks)
+    for line in problems:
+      print(f"  {line}", file=sys.stderr)
+    if problems:
+      print(f"error: {len(problems)} files kept the hashes from being "
+            "recorded (listed above); re-run `encrypt` to redo them",
+            file=sys.stderr)
+      return 1
+    checks = encrypted_dataset.verify_files(
+        args.out, manifest, list(checks), workers=args.workers)
+  status = 0
+  for split, check in checks.items():
+    entry = manifest["splits"][split]
+    state = "complete" if entry["complete"] else "incomplete"
+    if check.legacy:
+      print(f"{split}: {check.checked} of {entry['count']} files, no "
+            "recorded hashes (written before etcjax recorded them): cannot "
+            "verify; pass --add_hashes to record them, or re-run `encrypt`")
+      status = 1
+      continue
+    print(f"{split}: {check.checked} of {entry['count']} files checked "
+          f"({state}), {len(check.problems)} problems")
+    for line in check.problems:
+      print(f"  {line}", file=sys.stderr)
+    if check.problems or not entry["complete"]:
+      status = 1
+  if status:
+    print(f"error: {args.out} is damaged, incomplete or unverifiable (see "
+          "above); re-run the `python -m etcjax.encrypt encrypt` command "
+          "that made it to redo what is missing or damaged", file=sys.stderr)
+  else:
+    print(f"{args.out}: every file matches its recorded hash")
+  return status
 
 
 def _add_run_flags(parser, overwrite_help: str) -> None:
@@ -284,6 +331,24 @@ def _parser() -> argparse.ArgumentParser:
                    help="comma-separated splits (default: all)")
   _add_run_flags(dec, "replace existing output splits")
   dec.set_defaults(fn=cmd_decrypt)
+
+  ver = commands.add_parser(
+      "verify", help="check every file of an encrypted dataset against the "
+      "hash recorded when it was written",
+      description="Re-hashes every file of an encrypted dataset (no key "
+      "needed) and reports missing, damaged or truncated files; exit status "
+      "1 when any is found or a split is incomplete.")
+  ver.add_argument("--out", required=True,
+                   help="the encrypted dataset folder (as given to encrypt)")
+  ver.add_argument("--split", default=None,
+                   help="comma-separated splits (default: all)")
+  ver.add_argument("--add_hashes", action="store_true",
+                   help="for a dataset written before etcjax recorded "
+                   "hashes: record the hashes of its files as they are now "
+                   "(each must decode to the manifest's shape)")
+  ver.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                   help="threads (default: number of CPUs)")
+  ver.set_defaults(fn=cmd_verify)
   return parser
 
 

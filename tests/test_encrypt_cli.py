@@ -176,7 +176,11 @@ def test_jpeg_tfds_round_trip_within_jpeg_error(tmp_path, capsys, key_file,
   assert manifest["label_names"] == names
   assert manifest["source"] == {"kind": "tfds", "name": "cifar10",
                                 "version": "3.0.2"}
+  hashes = manifest["splits"]["test"].pop("sha256")
   assert manifest["splits"] == {"test": {"count": 64, "complete": True}}
+  # The recorded hashes are those of the files' bytes, by source index.
+  paths, _, _ = encrypted_dataset.list_images(out_dir, manifest, "test")
+  assert hashes == [encrypted_dataset.hash_file(p) for p in paths]
   np.testing.assert_array_equal(indices, np.arange(64))
   np.testing.assert_array_equal(enc_labels, labels)
   # The files are exactly the JPEG of the encrypted images.
@@ -384,9 +388,12 @@ def test_unreadable_image_is_reported_by_name_and_split_left_incomplete(
   assert bad in err and "could not be encrypted" in err
   assert "val: 5 written, 0 already done, 1 failed" in out
   manifest = encrypted_dataset.read_manifest(out_dir)
+  hashes = manifest["splits"]["val"].pop("sha256")
   assert manifest["splits"]["val"] == {
       "count": 6, "complete": False,
       "source_digest": manifest["splits"]["val"]["source_digest"]}
+  # The failed image (index 4: class 0 holds 3 images) has no hash yet.
+  assert [h is None for h in hashes] == [False] * 4 + [True, False]
   with pytest.raises(ValueError, match="incomplete"):
     encrypted_dataset.list_images(out_dir, manifest, "val")
 

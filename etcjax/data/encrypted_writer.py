@@ -29,6 +29,7 @@ import dataclasses
 import os
 import shutil
 import sys
+import time
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -43,6 +44,9 @@ from etcjax.encryption import jpeg
 # gather's dispatch, small enough to keep several chunks in flight.
 _CHUNK_VALUES = 2**23
 _MAX_CHUNK = 1024
+# How often the manifest (with the hashes of the files written so far) is
+# rewritten while a split is written: a crash loses at most this much work.
+_SAVE_SECONDS = 5.0
 
 LOCK_OWNER = "etcjax.encrypt run"
 LOCK_ADVICE = "wait for it to finish or choose another --out"
@@ -64,13 +68,17 @@ class SplitResult:
 
   Attributes:
     written: number of files written.
-    skipped: number of files that already existed.
+    skipped: number of files that already existed (and matched their
+      recorded hash).
     failures: `(index, message)` of every image that could not be written.
+    redone: one line per existing file that was damaged, truncated or had
+      no recorded hash, and was written again.
   """
 
   written: int = 0
   skipped: int = 0
   failures: List[Tuple[int, str]] = dataclasses.field(default_factory=list)
+  redone: List[str] = dataclasses.field(default_factory=list)
 
 
 def _chunk_size(image_shape, todo: int, workers: int) -> int:
@@ -79,11 +87,13 @@ def _chunk_size(image_shape, todo: int, workers: int) -> int:
   return max(1, min(by_size, -(-todo // (2 * workers))))
 
 
-def _run_chunks(fn, chunks, workers: int, progress, total: int, desc: str):
-  """Runs `fn(chunk) -> (count, failures)` over chunks on a thread pool.
+def _run_chunks(fn, chunks, workers: int, progress, total: int, desc: str,
+                on_done: Optional[Callable[[object], None]] = None):
+  """Runs `fn(chunk) -> (count, failures, extra)` over chunks on a thread pool.
 
   At most 2 * workers chunks are in flight, bounding memory; PIL coding and
-  the jitted gather release the GIL, so threads use all cores.
+  the jitted gather release the GIL, so threads use all cores. `on_done`
+  gets each chunk's `extra` in the calling thread.
   """
   failures = []
   with tqdm.tqdm(total=total, desc=desc, unit="img", disable=not progress,
@@ -102,8 +112,10 @@ def _run_chunks(fn, chunks, workers: int, progress, total: int, desc: str):
       done, pending = concurrent.futures.wait(
           pending, return_when=concurrent.futures.FIRST_COMPLETED)
       for future in done:
-        count, chunk_failures = future.result()
+        count, chunk_failures, extra = future.result()
         failures.extend(chunk_failures)
+        if on_done is not None:
+          on_done(extra)
         bar.update(count)
   return failures
 
@@ -143,13 +155,48 @@ def _prepare_split_dir(out: str, split: str, label_names: Sequence[str],
 EncryptFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 
+def _files_to_write(paths: Sequence[str], hashes, overwrite: bool,
+                    workers: int, redone: List[str]) -> List[int]:
+  """Indices of the files a run must (re)write; notes redone ones.
+
+  A file is kept only if it exists and (with `hashes`) its bytes match its
+  recorded hash: a truncated or damaged file, or one whose hash was never
+  recorded (a crash right after writing it, or a dataset written before
+  hashes existed), is written again.
+  """
+  if overwrite:
+    return list(range(len(paths)))
+  existing = [i for i, p in enumerate(paths) if os.path.exists(p)]
+  todo = sorted(set(range(len(paths))) - set(existing))
+  if hashes is None:
+    return todo
+  unrecorded = [i for i in existing if hashes[i] is None]
+  recorded = [i for i in existing if hashes[i] is not None]
+  with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+    actual = list(pool.map(lambda i: encrypted_dataset.hash_file(paths[i]),
+                           recorded))
+  for i, digest in zip(recorded, actual):
+    if digest != hashes[i]:
+        redone.append(
+          f"{paths[i]} was damaged or truncated (its bytes do not match the "
+          "hash recorded when it was written); written again")
+  damaged = [i for i, d in zip(recorded, actual) if d != hashes[i]]
+  if unrecorded:
+    redone.append(
+        f"{len(unrecorded)} existing files without a recorded hash (e.g. "
+        f"{paths[unrecorded[0]]}) written again")
+  return sorted(todo + damaged + unrecorded)
+
+
 def write_split(split: plain_sources.SourceSplit, out: str,
                 label_names: Sequence[str],
                 image_shape: Tuple[int, int, int],
                 encrypt_fn: Optional[EncryptFn],
                 codec: str, quality: Optional[int], subsampling: Optional[str],
                 resize: bool = False, overwrite: bool = False, workers: int = 2,
-                progress: bool = True) -> SplitResult:
+                progress: bool = True,
+                hashes: Optional[List[Optional[str]]] = None,
+                save: Optional[Callable[[], None]] = None) -> SplitResult:
   """Reads, encrypts, encodes and writes the images of one split.
 
   Args:
@@ -167,6 +214,12 @@ def write_split(split: plain_sources.SourceSplit, out: str,
     overwrite: rewrite existing files and delete stray ones.
     workers: threads.
     progress: show a progress bar on stderr.
+    hashes: the split's recorded file hashes by source index (the manifest
+      entry's list, updated in place as files are written), or None to
+      trust any existing file (benchmarks). An existing file is kept only
+      if its bytes match its recorded hash.
+    save: persists `hashes` (writes the manifest); called every few seconds
+      while writing, in the calling thread. The caller saves at the end.
 
   Returns:
     A `SplitResult`; the split is complete iff `failures` is empty.
@@ -175,9 +228,10 @@ def write_split(split: plain_sources.SourceSplit, out: str,
                                         i, codec)
            for i, label in enumerate(split.labels)]
   _prepare_split_dir(out, split.name, label_names, set(paths), overwrite)
-  todo = np.asarray([i for i, p in enumerate(paths)
-                     if overwrite or not os.path.exists(p)], np.int64)
-  result = SplitResult(skipped=len(paths) - len(todo))
+  result = SplitResult()
+  todo = np.asarray(_files_to_write(paths, hashes, overwrite, workers,
+                                    result.redone), np.int64)
+  result.skipped = len(paths) - len(todo)
   if not len(todo):
     return result
   chunk = _chunk_size(image_shape, len(todo), workers)
@@ -200,7 +254,7 @@ def write_split(split: plain_sources.SourceSplit, out: str,
       images.append(image)
       kept.append(i)
     if not images:
-      return len(indices), failures
+      return len(indices), failures, []
     batch = np.stack(images)
     kept = np.asarray(kept, np.int64)
     if encrypt_fn is not None:
@@ -215,13 +269,29 @@ def write_split(split: plain_sources.SourceSplit, out: str,
       batch = encrypt_fn(
           batch, encrypted_dataset.image_key_ids(split.name, kept_ids))[:len(kept)]
     encoded = jpeg.encode(batch, codec, quality, subsampling)
+    written = []
     for i, data in zip(kept, encoded):
       files.atomic_write(paths[i], data)
-    return len(indices), failures
+      # Hashes are recorded after their file exists: a crash in between
+      # leaves a file without a hash, which a resumed run redoes.
+      written.append((int(i), encrypted_dataset.file_hash(data)))
+    return len(indices), failures, written
+
+  last_save = [time.monotonic()]
+
+  def record(written):
+    if hashes is None:
+      return
+    for i, digest in written:
+      hashes[i] = digest
+    if save is not None and time.monotonic() - last_save[0] > _SAVE_SECONDS:
+      save()
+      last_save[0] = time.monotonic()
 
   chunks = (todo[s:s + chunk] for s in range(0, len(todo), chunk))
   result.failures = sorted(_run_chunks(process, chunks, workers, progress,
-                                       len(todo), f"encrypt {split.name}"))
+                                       len(todo), f"encrypt {split.name}",
+                                       on_done=record))
   result.written = len(todo) - len(result.failures)
   return result
 
@@ -229,7 +299,10 @@ def write_split(split: plain_sources.SourceSplit, out: str,
 
 def _compatible(old: Dict, new: Dict) -> List[str]:
   """Names of manifest fields (other than splits) that differ."""
-  return [k for k in new if k != "splits" and old.get(k) != new[k]]
+  # "format": a legacy dataset is upgraded in place (its files have no
+  # recorded hashes, so they are all written again).
+  return [k for k in new if k not in ("splits", "format")
+          and old.get(k) != new[k]]
 
 
 def reconcile_out_dir(out: str, new: Dict, overwrite: bool) -> Dict:
@@ -327,7 +400,12 @@ def encrypt_dataset(source: plain_sources.Source, out: str,
             f"list of source files than {source.spec}/{split.name} now holds "
             "(files were added, removed or renamed), so image indices differ; "
             "pass --overwrite to re-encrypt the split, or choose another --out")
-      splits[split.name] = {"count": len(split), "complete": False}
+      hashes = [None] * len(split)
+      if old is not None and old.get(encrypted_dataset.HASH_FIELD):
+        kept = old[encrypted_dataset.HASH_FIELD][:len(split)]
+        hashes[:len(kept)] = kept
+      splits[split.name] = {"count": len(split), "complete": False,
+                            encrypted_dataset.HASH_FIELD: hashes}
       if split.digest:
         splits[split.name]["source_digest"] = split.digest
     new["splits"] = splits
@@ -340,10 +418,12 @@ def encrypt_dataset(source: plain_sources.Source, out: str,
           # None for single-channel JPEGs, where subsampling is unused.
           new["chroma_subsampling"] or "4:2:0",
           resize=resize, overwrite=overwrite, workers=workers,
-          progress=progress)
+          progress=progress,
+          hashes=new["splits"][split.name][encrypted_dataset.HASH_FIELD],
+          save=lambda: encrypted_dataset.write_manifest(out, new))
       if not result.failures:
         new["splits"][split.name]["complete"] = True
-        encrypted_dataset.write_manifest(out, new)
+      encrypted_dataset.write_manifest(out, new)
       results[split.name] = result
       if on_split is not None:
         on_split(split.name, result)
@@ -379,7 +459,9 @@ def decrypt_dataset(in_dir: str, manifest: Dict, out: str,
 
   Raises:
     ValueError: a split is missing, incomplete, or its files do not match
-      the manifest; an image does not decode to the manifest's shape.
+      the manifest (`encrypted_dataset.IncompleteSplitError`); a file's
+      bytes differ from its recorded hash (`DamagedFileError`); an image
+      does not decode to the manifest's shape.
     FileExistsError: `out` is not a folder, or an output split exists and
       `overwrite` is False.
     files.FolderLockedError: another run is writing to `out`.
@@ -387,6 +469,10 @@ def decrypt_dataset(in_dir: str, manifest: Dict, out: str,
   splits = list(splits) if splits else sorted(manifest["splits"])
   listings = {s: encrypted_dataset.list_images(in_dir, manifest, s)
               for s in splits}
+  # Datasets written before hashes existed are decrypted unchecked.
+  hashes = {s: encrypted_dataset.split_hashes(in_dir, manifest, s,
+                                              listings[s][2], required=False)
+            for s in splits}
   if os.path.exists(out) and not os.path.isdir(out):
     raise FileExistsError(f"--out {out} exists and is not a folder")
   for split in splits:
@@ -415,6 +501,12 @@ def decrypt_dataset(in_dir: str, manifest: Dict, out: str,
         for p in positions:
           with open(paths[p], "rb") as f:
             data.append(f.read())
+          if hashes[split] is not None:
+            actual = encrypted_dataset.file_hash(data[-1])
+            if actual != hashes[split][p]:
+              raise encrypted_dataset.DamagedFileError(
+                  encrypted_dataset.damaged_message(
+                      paths[p], hashes[split][p], actual))
         encrypted = np.stack([
             jpeg.decode_image(d, encrypted_shape[-1], name=paths[p])
             for p, d in zip(positions, data)])
@@ -428,7 +520,7 @@ def decrypt_dataset(in_dir: str, manifest: Dict, out: str,
           files.atomic_write(
               os.path.join(partial, name, f"{indices[p]:06d}.png"),
               jpeg.encode_png_image(image))
-        return len(positions), []
+        return len(positions), [], None
 
       positions = np.arange(len(paths))
       _run_chunks(process, (positions[s:s + chunk]

@@ -256,8 +256,11 @@ def _read_manifest(s: _Settings, splits: Tuple[str, ...]) -> Dict[str, Any]:
   manifest = encrypted_dataset.read_manifest(s.data_dir)
   for split in splits:
     encrypted_dataset.check_manifest(manifest, scheme=s.scheme or None,
-                                block_size=s.block_size,
-                                fingerprint=s.fingerprint or None, split=split)
+                                     block_size=s.block_size,
+                                     fingerprint=s.fingerprint or None,
+                                     split=split, root=s.data_dir)
+    # Refused up front, not at the first batch: no hashes, no damage check.
+    encrypted_dataset.split_hashes(s.data_dir, manifest, split, [])
   if s.jpeg_quality is not None and manifest["jpeg_quality"] != s.jpeg_quality:
     raise ValueError(
         f"config.encryption.jpeg_quality is {s.jpeg_quality} but the encrypted "
@@ -401,7 +404,7 @@ def _example_fn(s: _Settings, source: sources.Source, train: bool,
     if source.images is not None:
       image = example["image"]
     else:
-      image = source.decode(example["path"])
+      image = source.decode(example["path"], example.get("data"))
     if s.dataset != ENCRYPTED:
       # Seeded by (data seed, position in the global example stream).
       seed = tf.stack([tf.constant(s.seed, tf.int64), example["position"]])
@@ -418,6 +421,7 @@ def _example_fn(s: _Settings, source: sources.Source, train: bool,
                                                 s.jpeg_quality)
     out = dict(example, image=image)
     out.pop("path", None)
+    out.pop("data", None)
     return out
 
   return fn
@@ -435,6 +439,8 @@ def _dataset(s: _Settings, source: sources.Source, examples, start: int,
   """
   keys = ["label", "position"] + (["mask"] if not train else [])
   keys.append("image" if source.images is not None else "path")
+  if source.hashes is not None:
+    keys.append("data")  # read and checked against its hash in `fetch`
 
   def fetch(step):
     batch = examples(int(step))
@@ -444,10 +450,12 @@ def _dataset(s: _Settings, source: sources.Source, examples, start: int,
       batch["image"] = source.images[index]
     else:
       batch["path"] = source.paths[index]
+    if source.hashes is not None:
+      batch["data"] = source.read_verified(index)
     return [batch[k] for k in keys]
 
   dtypes = {"label": tf.int32, "position": tf.int64, "mask": tf.bool,
-            "image": tf.uint8, "path": tf.string}
+            "image": tf.uint8, "path": tf.string, "data": tf.string}
 
   @tf.autograph.experimental.do_not_convert
   def fetch_tf(step):
@@ -503,6 +511,13 @@ def _numpy_batches(ds: tf.data.Dataset, source: sources.Source,
         last = step + _SEARCHED_STEPS if stop is None else min(
             stop, step + _SEARCHED_STEPS)
         indices = np.concatenate([examples(k)["index"] for k in range(step, last)])
+        if source.hashes is not None:
+          try:
+            source.read_verified(indices)
+          except encrypted_dataset.DamagedFileError as damaged:
+            raise encrypted_dataset.DamagedFileError(
+                f"reading {source.description} failed at step {step}: "
+                f"{damaged}") from None
         detail = sources.find_unreadable(source.paths[indices])
       raise ValueError(
           f"reading {source.description} failed at step {step}: "

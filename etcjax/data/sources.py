@@ -54,6 +54,9 @@ class Source:
       EtC datasets).
     image_shape: `(H, W, C)` of every image when known to be fixed, else
       None (image folders may mix sizes).
+    hashes: for encrypted datasets, `[N]` hex SHA-256 of every file as
+      written (`encrypted_dataset.file_hash`); files are then read with
+      `read_verified`, which refuses a file whose bytes differ.
   """
 
   labels: np.ndarray
@@ -64,15 +67,46 @@ class Source:
   decoder: Optional[str] = None
   channels: int = 3
   image_shape: Optional[Tuple[int, int, int]] = None
+  hashes: Optional[np.ndarray] = None
 
   def __len__(self) -> int:
     return len(self.labels)
 
-  def decode(self, path):
+  def read_verified(self, index: np.ndarray) -> np.ndarray:
+    """Reads some files in Python and checks them against `hashes`.
+
+    One call per batch: hashing costs microseconds per file, a Python call
+    per example in tf.data would cost far more.
+
+    Args:
+      index: int `[n]` positions in this split.
+
+    Returns:
+      object `[n]` array of the files' bytes.
+
+    Raises:
+      encrypted_dataset.DamagedFileError: a file's bytes differ from its
+        recorded hash (the message names the file).
+    """
+    out = np.empty(len(index), object)
+    for k, i in enumerate(index):
+      path = os.fsdecode(self.paths[i])
+      with open(path, "rb") as f:
+        data = f.read()
+      actual = encrypted_dataset.file_hash(data)
+      if actual != self.hashes[i]:
+        raise encrypted_dataset.DamagedFileError(
+            encrypted_dataset.damaged_message(path, self.hashes[i], actual))
+      out[k] = data
+    return out
+
+  def decode(self, path, data=None):
     """Reads and decodes one file in the tf.data graph.
 
     Args:
       path: scalar tf.string, a path from `paths`.
+      data: scalar tf.string, the file's bytes when already read (by
+        `read_verified`), else None.
 
     Returns:
       uint8 `[H, W, channels]` (`image_shape` when fixed).
@@ -83,7 +117,8 @@ class Source:
           stateful=False)
       image.set_shape((None, None, 3))
     else:
-      data = tf.io.read_file(path)
+      if data is None:
+        data = tf.io.read_file(path)
       if self.decoder == DECODE_JPEG:
         image = tf.io.decode_jpeg(data, channels=self.channels,
                                   fancy_upscaling=False)
@@ -179,15 +214,18 @@ def load_encrypted_split(root: str, split: str,
 
   Raises:
     ValueError: the split is missing or incomplete, or its files do not
-      match the manifest.
+      match the manifest (`encrypted_dataset.IncompleteSplitError`); it
+      records no file hashes (`UnverifiableDatasetError`).
   """
-  paths, labels, _ = encrypted_dataset.list_images(root, manifest, split)
+  paths, labels, indices = encrypted_dataset.list_images(root, manifest, split)
+  hashes = encrypted_dataset.split_hashes(root, manifest, split, indices)
   shape = tuple(manifest["encrypted_shape"])
   return Source(labels=labels, label_names=list(manifest["label_names"]),
                 description=f"split {split!r} of encrypted dataset {root}",
                 paths=np.asarray([os.fsencode(p) for p in paths]),
                 decoder=DECODE_JPEG if manifest["codec"] == "jpeg" else DECODE_PNG,
-                channels=shape[-1], image_shape=shape)
+                channels=shape[-1], image_shape=shape,
+                hashes=np.asarray(hashes, object))
 
 
 def find_unreadable(paths) -> Optional[str]:

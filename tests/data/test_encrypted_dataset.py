@@ -29,7 +29,7 @@ def test_write_then_read_round_trips(tmp_path):
   assert encrypted_dataset.read_manifest(tmp_path) == manifest
   with open(path) as f:
     on_disk = json.load(f)
-  assert on_disk["format"] == "etcjax.encrypted_dataset.v1"
+  assert on_disk["format"] == "etcjax.encrypted_dataset.v2"
   assert on_disk["image_shape"] == [32, 32, 3]
   assert os.listdir(tmp_path) == [encrypted_dataset.MANIFEST_FILE]  # no temporaries
 
@@ -56,7 +56,7 @@ def test_missing_manifest_is_a_clear_error(tmp_path):
 
 @pytest.mark.parametrize("edit,match", [
     (lambda m: m.pop("scheme"), "lacks the field 'scheme'"),
-    (lambda m: m.update(format="something.else"), "expected 'etcjax.encrypted_dataset.v1'"),
+    (lambda m: m.update(format="something.else"), "expected 'etcjax.encrypted_dataset.v2'"),
     (lambda m: m.update(block_size="16"), "'block_size' must be int"),
     (lambda m: m.update(block_size=True), "'block_size' must be int"),
     (lambda m: m.update(scheme="rot13"), "unknown scheme 'rot13'"),
