@@ -32,7 +32,8 @@ from etcjax.encryption.keys import (InvalidKeyError, KeyMismatchError,
                                     save_key)
 from etcjax.encryption.host_kernel import apply_numpy, invert_numpy
 from etcjax.encryption.plans import Plan, apply, invert
-from etcjax.encryption.schemes import (SCHEMES, Scheme, get_scheme,
+from etcjax.encryption.schemes import (SCHEMES, DuplicateImageIdsError,
+                                       InvalidStepsError, Scheme, get_scheme,
                                        make_plan)
 
 
@@ -94,7 +95,8 @@ def decrypt(images, key: bytes, scheme: str = "etc",
 
 
 __all__ = [
-    "InvalidKeyError", "KeyMismatchError", "KeyStream", "Plan", "SCHEMES",
+    "DuplicateImageIdsError", "InvalidKeyError", "InvalidStepsError",
+    "KeyMismatchError", "KeyStream", "Plan", "SCHEMES",
     "Scheme", "apply", "apply_numpy", "check_fingerprint", "check_key",
     "decrypt", "encrypt", "fingerprint", "generate_key", "get_scheme",
     "invert", "invert_numpy", "load_key", "make_plan", "save_key",

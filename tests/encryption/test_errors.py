@@ -113,6 +113,29 @@ def test_bad_keys(key):
   assert KEY[:31].hex() not in str(err)
 
 
+@pytest.mark.parametrize("scheme", ["etc", "etc_gray", "block_common", "le",
+                                    "ele", "pe", "pe_per_image"])
+@pytest.mark.parametrize("empty", [[], ()])
+def test_empty_steps_are_refused_not_a_plain_copy(scheme, empty):
+  images = _images((2, 32, 32, 3))
+  kwargs = {"image_ids": [0, 1]} if scheme == "pe_per_image" else {}
+  block = {"le": 4, "ele": 4, "pe": 1, "pe_per_image": 1}.get(scheme)
+  err = _raises(encryption.InvalidStepsError, "steps is empty",
+                encryption.encrypt, images, KEY, scheme, block_size=block,
+                steps=empty, **kwargs)
+  assert repr(scheme) in str(err)
+
+
+def test_duplicate_per_image_ids_are_refused():
+  err = _raises(encryption.DuplicateImageIdsError, r"ids \[3\] more than once",
+                encryption.encrypt, _images((3, 32, 32, 3)), KEY,
+                "pe_per_image", block_size=1, image_ids=[3, 5, 3])
+  assert "XOR" in str(err)
+  with pytest.raises(encryption.DuplicateImageIdsError):
+    encryption.make_plan(KEY, "pe_per_image", (32, 32, 3), 1,
+                         image_ids=np.asarray([7, 7], np.int64))
+
+
 def test_bad_scheme_steps_block_size_and_ids():
   _raises(ValueError, "unknown scheme 'EtC'.*'etc'", encryption.encrypt,
           _images(), KEY, "EtC")
