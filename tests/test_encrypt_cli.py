@@ -289,6 +289,38 @@ def test_rerun_rewrites_only_missing_files(tmp_path, capsys, key_file,
   assert len(_files(out_dir)) == 7  # the stale temporary file is gone
 
 
+def test_removing_a_bad_source_image_as_advised_then_re_running_completes(
+    tmp_path, capsys, key_file, small_folder):
+  out_dir = tmp_path / "enc"
+  bad = sorted(glob.glob(os.path.join(small_folder, "val", CLASSES[0], "*")))[1]
+  with open(bad, "wb") as f:
+    f.write(b"not an image")
+  argv = ("encrypt", f"--key={key_file}", f"--source=folder:{small_folder}",
+          "--split=val", f"--out={out_dir}", "--no_progress")
+  status, _, err = run(capsys, *argv)
+  assert status == 1 and bad in err and "fix or remove" in err
+  os.remove(bad)  # as advised; the later images' indices move down by one
+  status, out, err = run(capsys, *argv)
+  assert status == 0, err
+  assert "val: 5 written, 0 already done, 0 failed" in out
+  assert "started over" in err
+  manifest, enc, _, _ = _read_dataset(out_dir, "val", 3)
+  assert manifest["splits"]["val"]["complete"] and len(enc) == 5
+  assert run(capsys, "verify", f"--out={out_dir}")[0] == 0
+  # A complete split is still never replaced without --overwrite.
+  os.remove(sorted(glob.glob(os.path.join(small_folder, "val", CLASSES[1], "*")))[0])
+  status, _, err = run(capsys, *argv)
+  assert status == 1 and "another list of source files" in err
+
+
+def test_key_that_is_a_folder_is_named_as_such(tmp_path, capsys, small_folder):
+  status, _, err = run(capsys, "encrypt", f"--key={tmp_path}",
+                       f"--source=folder:{small_folder}", "--split=val",
+                       f"--out={tmp_path / 'enc'}", "--no_progress")
+  assert status == 1 and f"key file {tmp_path} is a folder" in err
+  assert not os.path.exists(tmp_path / "enc")
+
+
 def _damage(path):
   """Changes 4 bytes inside a file's image data, keeping its size."""
   with open(path, "r+b") as f:
@@ -522,6 +554,7 @@ def test_image_size_must_fit_the_block_size_unless_resized(
                        f"--source=folder:{other}", "--split=val",
                        f"--out={tmp_path / 'enc2'}", "--no_progress")
   assert status == 1 and "(160, 160, 3)" in err and "--resize" in err
+  assert f"source image {victim} has shape" in err  # named by its source file
 
 
 @pytest.mark.parametrize("flags,match", [
