@@ -22,6 +22,8 @@ import jax
 from ml_collections import config_flags
 
 from etcjax import encryption
+from etcjax import files
+from etcjax.data import encrypted_dataset
 from etcjax.training import train
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -52,7 +54,9 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 # Errors whose message says everything: no traceback for them.
 _USER_ERRORS = (train.NonFiniteLossError, encryption.KeyMismatchError,
-                encryption.InvalidKeyError, FileNotFoundError, PermissionError)
+                encryption.InvalidKeyError, FileNotFoundError, PermissionError,
+                IsADirectoryError, files.FolderLockedError,
+                encrypted_dataset.DatasetError)
 
 
 def _quiet_orbax(record: std_logging.LogRecord) -> bool:

@@ -40,11 +40,11 @@ import tensorflow as tf
 
 from etcjax import encryption
 from etcjax.data import augment
+from etcjax.data import encrypted_dataset
 from etcjax.data import host_encryption
 from etcjax.data import randaugment
 from etcjax.data import sampling
 from etcjax.data import sources
-from etcjax.encryption import manifest as manifest_lib
 from etcjax.encryption import plans
 
 # TensorFlow only feeds the host here; it must not claim accelerator memory
@@ -253,11 +253,14 @@ def _encrypted_shape(s: _Settings) -> Tuple[int, int, int]:
 
 def _read_manifest(s: _Settings, splits: Tuple[str, ...]) -> Dict[str, Any]:
   """Reads an encrypted dataset's manifest and checks it against the config."""
-  manifest = manifest_lib.read_manifest(s.data_dir)
+  manifest = encrypted_dataset.read_manifest(s.data_dir)
   for split in splits:
-    manifest_lib.check_manifest(manifest, scheme=s.scheme or None,
-                                block_size=s.block_size,
-                                fingerprint=s.fingerprint or None, split=split)
+    encrypted_dataset.check_manifest(manifest, scheme=s.scheme or None,
+                                     block_size=s.block_size,
+                                     fingerprint=s.fingerprint or None,
+                                     split=split, root=s.data_dir)
+    # Refused up front, not at the first batch: no hashes, no damage check.
+    encrypted_dataset.split_hashes(s.data_dir, manifest, split, [])
   if s.jpeg_quality is not None and manifest["jpeg_quality"] != s.jpeg_quality:
     raise ValueError(
         f"config.encryption.jpeg_quality is {s.jpeg_quality} but the encrypted "
@@ -398,10 +401,13 @@ def _example_fn(s: _Settings, source: sources.Source, train: bool,
   # AutoGraph's source conversion saves seconds per pipeline.
   @tf.autograph.experimental.do_not_convert
   def fn(example):
+    data = None
     if source.images is not None:
       image = example["image"]
     else:
-      image = source.decode(example["path"])
+      if source.hashes is not None:
+        data = tf.io.read_file(example["path"])
+      image = source.decode(example["path"], data)
     if s.dataset != ENCRYPTED:
       # Seeded by (data seed, position in the global example stream).
       seed = tf.stack([tf.constant(s.seed, tf.int64), example["position"]])
@@ -418,6 +424,8 @@ def _example_fn(s: _Settings, source: sources.Source, train: bool,
                                                 s.jpeg_quality)
     out = dict(example, image=image)
     out.pop("path", None)
+    if data is not None:
+      out["data"] = data  # hashed per batch by `_check_hashes`
     return out
 
   return fn
@@ -435,6 +443,8 @@ def _dataset(s: _Settings, source: sources.Source, examples, start: int,
   """
   keys = ["label", "position"] + (["mask"] if not train else [])
   keys.append("image" if source.images is not None else "path")
+  if source.hashes is not None:
+    keys.append("hash")  # recorded SHA-256 digests, checked per batch
 
   def fetch(step):
     batch = examples(int(step))
@@ -444,10 +454,12 @@ def _dataset(s: _Settings, source: sources.Source, examples, start: int,
       batch["image"] = source.images[index]
     else:
       batch["path"] = source.paths[index]
+    if source.hashes is not None:
+      batch["hash"] = source.hashes[index]
     return [batch[k] for k in keys]
 
   dtypes = {"label": tf.int32, "position": tf.int64, "mask": tf.bool,
-            "image": tf.uint8, "path": tf.string}
+            "image": tf.uint8, "path": tf.string, "hash": tf.string}
 
   @tf.autograph.experimental.do_not_convert
   def fetch_tf(step):
@@ -468,13 +480,42 @@ def _dataset(s: _Settings, source: sources.Source, examples, start: int,
   ds = ds.map(fetch_tf).unbatch()
   ds = ds.map(_example_fn(s, source, train, encryptor),
               num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-  ds = ds.batch(local_batch, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+  ds = ds.batch(local_batch, drop_remainder=True)
+  if source.hashes is not None:
+    ds = ds.map(_check_hashes(source), num_parallel_calls=tf.data.AUTOTUNE,
+                deterministic=True)
+  ds = ds.prefetch(tf.data.AUTOTUNE)
   options = tf.data.Options()
   options.deterministic = True
   # Input pipelines run many small ops; one thread per op avoids contending
   # with the parallel map (and with the JAX computation) for cores.
   options.threading.max_intra_op_parallelism = 1
   return ds.with_options(options)
+
+
+def _check_hashes(source: sources.Source):
+  """The per-batch map checking files against their recorded hashes.
+
+  The files' bytes come from the per-example map (read once, in parallel);
+  hashing a batch in one Python call costs microseconds per file, where a
+  Python call per example would cost far more. A damaged file fails the
+  batch before it is yielded; `_numpy_batches` then names the file.
+  """
+
+  @tf.autograph.experimental.do_not_convert
+  def fn(batch):
+    batch = dict(batch)
+    ok = tf.numpy_function(source.check_hashes,
+                           [batch.pop("data"), batch.pop("hash")], tf.bool,
+                           stateful=False)
+    check = tf.debugging.Assert(
+        ok, [f"a file of {source.description} differs from its recorded "
+             "hash"])
+    with tf.control_dependencies([check]):
+      batch["image"] = tf.identity(batch["image"])
+    return batch
+
+  return fn
 
 
 def _tf_error_message(error: tf.errors.OpError) -> str:
@@ -503,6 +544,13 @@ def _numpy_batches(ds: tf.data.Dataset, source: sources.Source,
         last = step + _SEARCHED_STEPS if stop is None else min(
             stop, step + _SEARCHED_STEPS)
         indices = np.concatenate([examples(k)["index"] for k in range(step, last)])
+        if source.hashes is not None:
+          try:
+            source.read_verified(indices)
+          except encrypted_dataset.DamagedFileError as damaged:
+            raise encrypted_dataset.DamagedFileError(
+                f"reading {source.description} failed at step {step}: "
+                f"{damaged}") from None
         detail = sources.find_unreadable(source.paths[indices])
       raise ValueError(
           f"reading {source.description} failed at step {step}: "

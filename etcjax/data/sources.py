@@ -18,14 +18,15 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import os
 from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import tensorflow as tf
 
+from etcjax.data import encrypted_dataset
 from etcjax.data import image_folder
-from etcjax.encryption import manifest as manifest_lib
 
 # Formats tf.io.decode_image reads; folders with other files (TIFF, PPM)
 # are decoded with PIL through tf.numpy_function, which is slower.
@@ -54,6 +55,9 @@ class Source:
       EtC datasets).
     image_shape: `(H, W, C)` of every image when known to be fixed, else
       None (image folders may mix sizes).
+    hashes: for encrypted datasets, object `[N]` of 32-byte SHA-256
+      digests of every file as written (`encrypted_dataset.file_hash`);
+      the pipeline then checks each batch's files (`check_hashes`).
   """
 
   labels: np.ndarray
@@ -64,15 +68,50 @@ class Source:
   decoder: Optional[str] = None
   channels: int = 3
   image_shape: Optional[Tuple[int, int, int]] = None
+  hashes: Optional[np.ndarray] = None
 
   def __len__(self) -> int:
     return len(self.labels)
 
-  def decode(self, path):
+  def check_hashes(self, data: np.ndarray, expected: np.ndarray) -> np.bool_:
+    """Checks a batch of file contents against their recorded digests.
+
+    Args:
+      data: object `[n]`, the files' bytes.
+      expected: object `[n]`, their 32-byte SHA-256 digests from `hashes`.
+
+    Returns:
+      bool: every file matches (the pipeline names a damaged one with
+      `read_verified`).
+    """
+    return np.bool_(all(hashlib.sha256(d).digest() == h
+                        for d, h in zip(data, expected)))
+
+  def read_verified(self, index: np.ndarray) -> None:
+    """Reads some files and checks them against `hashes`, for messages.
+
+    Args:
+      index: int `[n]` positions in this split.
+
+    Raises:
+      encrypted_dataset.DamagedFileError: a file's bytes differ from its
+        recorded hash (the message names the file).
+    """
+    for i in index:
+      path = os.fsdecode(self.paths[i])
+      actual = encrypted_dataset.hash_file(path)
+      if actual != self.hashes[i].hex():
+        raise encrypted_dataset.DamagedFileError(
+            encrypted_dataset.damaged_message(path, self.hashes[i].hex(),
+                                              actual))
+
+  def decode(self, path, data=None):
     """Reads and decodes one file in the tf.data graph.
 
     Args:
       path: scalar tf.string, a path from `paths`.
+      data: scalar tf.string, the file's bytes when already read (by
+        `read_verified`), else None.
 
     Returns:
       uint8 `[H, W, channels]` (`image_shape` when fixed).
@@ -83,7 +122,8 @@ class Source:
           stateful=False)
       image.set_shape((None, None, 3))
     else:
-      data = tf.io.read_file(path)
+      if data is None:
+        data = tf.io.read_file(path)
       if self.decoder == DECODE_JPEG:
         image = tf.io.decode_jpeg(data, channels=self.channels,
                                   fancy_upscaling=False)
@@ -179,15 +219,19 @@ def load_encrypted_split(root: str, split: str,
 
   Raises:
     ValueError: the split is missing or incomplete, or its files do not
-      match the manifest.
+      match the manifest (`encrypted_dataset.IncompleteSplitError`); it
+      records no file hashes (`UnverifiableDatasetError`).
   """
-  paths, labels, _ = manifest_lib.list_images(root, manifest, split)
+  paths, labels, indices = encrypted_dataset.list_images(root, manifest, split)
+  hashes = encrypted_dataset.split_hashes(root, manifest, split, indices)
   shape = tuple(manifest["encrypted_shape"])
   return Source(labels=labels, label_names=list(manifest["label_names"]),
                 description=f"split {split!r} of encrypted dataset {root}",
                 paths=np.asarray([os.fsencode(p) for p in paths]),
                 decoder=DECODE_JPEG if manifest["codec"] == "jpeg" else DECODE_PNG,
-                channels=shape[-1], image_shape=shape)
+                channels=shape[-1], image_shape=shape,
+                hashes=None if hashes is None else np.asarray(
+                    [bytes.fromhex(h) for h in hashes], object))
 
 
 def find_unreadable(paths) -> Optional[str]:
