@@ -257,7 +257,8 @@ def _read_manifest(s: _Settings, splits: Tuple[str, ...]) -> Dict[str, Any]:
   for split in splits:
     manifest_lib.check_manifest(manifest, scheme=s.scheme or None,
                                 block_size=s.block_size,
-                                fingerprint=s.fingerprint or None, split=split)
+                                fingerprint=s.fingerprint or None,
+                                split=sources.parse_split(split)[0])
   if s.jpeg_quality is not None and manifest["jpeg_quality"] != s.jpeg_quality:
     raise ValueError(
         f"config.encryption.jpeg_quality is {s.jpeg_quality} but the encrypted "
@@ -288,10 +289,14 @@ def _read_manifest(s: _Settings, splits: Tuple[str, ...]) -> Dict[str, Any]:
 
 def _load(s: _Settings, split: str,
           manifest: Optional[Dict[str, Any]]) -> sources.Source:
+  # Folders and encrypted datasets take the same split specs as tfds
+  # ('train[:2048]'): the named split, then its slice.
+  name = sources.parse_split(split)[0]
   if s.dataset == ENCRYPTED:
-    return sources.load_encrypted_split(s.data_dir, split, manifest)
+    return sources.select(
+        sources.load_encrypted_split(s.data_dir, name, manifest), split)
   if s.dataset == FOLDER:
-    return sources.load_folder_split(s.data_dir, split)
+    return sources.select(sources.load_folder_split(s.data_dir, name), split)
   return sources.load_tfds_split(s.dataset, split, s.data_dir)
 
 
@@ -338,13 +343,13 @@ def dataset_info(config) -> DatasetInfo:
   manifest = None
   if s.dataset == ENCRYPTED:
     manifest = _read_manifest(s, (s.train_split, s.eval_split))
-    train = manifest["splits"][s.train_split]["count"]
-    evals = manifest["splits"][s.eval_split]["count"]
+    train, evals = (len(_load(s, split, manifest))
+                    for split in (s.train_split, s.eval_split))
     names = list(manifest["label_names"])
     shape = tuple(manifest["encrypted_shape"])
   elif s.dataset == FOLDER:
-    train_source = sources.load_folder_split(s.data_dir, s.train_split)
-    eval_source = sources.load_folder_split(s.data_dir, s.eval_split)
+    train_source = _load(s, s.train_split, None)
+    eval_source = _load(s, s.eval_split, None)
     _check_same_classes(train_source, eval_source)
     train, evals = len(train_source), len(eval_source)
     names = train_source.label_names

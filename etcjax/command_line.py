@@ -1,0 +1,189 @@
+"""What every command-line face shares: paths, flag aliases, user errors.
+
+Only the faces (`main`, `encrypt`, `predict`, `evaluate`, `adapt`) import
+this module; the library never does. The library raises specific exception
+classes; this module knows which of them are the user's mistake (a wrong
+path, flag, key, config or dataset) and turns those into one line on
+stderr:
+
+    error: <what was wrong, what was expected>
+
+with exit status 1, and argparse / absl usage errors into exit status 2.
+Anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+from typing import Callable, Optional, Sequence, Tuple, Type
+
+USAGE_ERROR = 2
+FAILURE = 1
+
+
+def resolve_path(path: Optional[str]) -> Optional[str]:
+  """An absolute local path (`~` expanded), or a URL (gs://...) unchanged.
+
+  Paths are resolved once, at the command-line boundary: orbax refuses
+  relative checkpoint paths, and a path recorded in a result must not
+  depend on the folder the command ran in.
+
+  Args:
+    path: a path as the user typed it, '' or None.
+
+  Returns:
+    The absolute path (None / '' unchanged).
+  """
+  if not path or "://" in path:
+    return path
+  return os.path.abspath(os.path.expanduser(path))
+
+
+def path_arg(text: str) -> str:
+  """argparse `type=` for path flags and arguments (see `resolve_path`)."""
+  return resolve_path(text)
+
+
+class DeprecatedAlias(argparse.Action):
+  """An old flag name that still works and warns (argparse action).
+
+      parser.add_argument("--key_file", ...)
+      parser.add_argument("--key", dest="key_file", action=DeprecatedAlias,
+                          new="--key_file", type=path_arg,
+                          help=argparse.SUPPRESS)
+  """
+
+  def __init__(self, option_strings, dest, new: str, **kwargs):
+    self.new = new
+    super().__init__(option_strings, dest, **kwargs)
+
+  def __call__(self, parser, namespace, values, option_string=None):
+    print(f"warning: {option_string} is deprecated, use {self.new}",
+          file=sys.stderr)
+    setattr(namespace, self.dest, values)
+
+
+def add_alias(parser: argparse.ArgumentParser, old: str, new: str,
+              **kwargs) -> None:
+  """Adds `old` as a hidden, warning alias of the flag `new`.
+
+  Args:
+    parser: the (sub)parser that defines `new`.
+    old: e.g. '--key'.
+    new: e.g. '--key_file' (its dest is shared).
+    **kwargs: `type` etc., as for `new`.
+  """
+  parser.add_argument(old, dest=new.lstrip("-"), action=DeprecatedAlias,
+                      new=new, help=argparse.SUPPRESS, **kwargs)
+
+
+def user_errors() -> Tuple[Type[BaseException], ...]:
+  """The exception classes that report a user's mistake, not a bug.
+
+  Imported on use so that a face pays only for what it already imports
+  (the training and data layers pull in TensorFlow).
+  """
+  # pylint: disable=g-import-not-at-top
+  from etcjax import encryption
+  from etcjax.encryption import manifest
+  from etcjax.encryption import schemes
+  from etcjax.models import checkpoint
+  from etcjax.models import key_adaptation
+  errors = [
+      # The file system: a wrong or missing path, a folder that exists.
+      FileNotFoundError, FileExistsError, IsADirectoryError,
+      NotADirectoryError, PermissionError,
+      encryption.InvalidKeyError, encryption.KeyMismatchError,
+      schemes.UnknownSchemeError, schemes.SchemeParameterError, key_adaptation.AdaptationError,
+      checkpoint.CheckpointMismatchError,
+  ]
+  errors += [e for e in (getattr(manifest, n, None) for n in _MANIFEST_ERRORS)
+             if isinstance(e, type)]
+  for module_name, names in _LAZY_ERRORS:
+    module = sys.modules.get(module_name)
+    if module is not None:
+      errors += [getattr(module, n) for n in names if hasattr(module, n)]
+  return tuple(errors)
+
+
+# Raised by the encrypted-dataset layer (issue 15 adds them; listed by name
+# so this module works before and after).
+_MANIFEST_ERRORS = ("ManifestError", "IncompleteSplitError",
+                    "SchemeMismatchError", "DatasetError")
+
+# Classes of modules that only some faces import (checked in sys.modules so
+# `predict` does not import TensorFlow to learn about a training error).
+_LAZY_ERRORS = (
+    ("etcjax.training.default_config", ("ConfigError",)),
+    ("etcjax.training.train", ("NonFiniteLossError",)),
+    ("etcjax.training.checkpointing", ("WorkdirMismatchError",)),
+    ("etcjax.data.sources", ("SplitError", "DataNotFoundError")),
+    ("etcjax.data.pipeline", ("DataConfigError",)),
+    ("etcjax.data.encrypted_dataset", ("IncompleteSplitError",
+                                       "ManifestError", "FolderLockedError",
+                                       "SchemeMismatchError")),
+    ("etcjax.evaluation.sources", ("DatasetError",)),
+    ("etcjax.evaluation.outputs", ("ResultsExistError",)),
+    ("etcjax.evaluation.resume", ("ResumeMismatchError",)),
+    ("etcjax.encrypt", ("FolderLockedError", "EncryptError")),
+    ("etcjax.inference", ("ExportMismatchError",)),
+    ("etcjax.inference.classifier", ("InputError",)),
+    ("etcjax.inference.export", ("ExportError",)),
+)
+
+
+def one_line(error) -> str:
+  """`error: MESSAGE` on one line.
+
+  Args:
+    error: an exception or a message. A message that embeds a traceback
+      (absl and ml_collections wrap errors of config files so) is cut to
+      the exception it ends with.
+
+  Returns:
+    The line.
+  """
+  message = str(error)
+  if "Traceback (most recent call last)" in message:
+    head = message.split("Traceback (most recent call last)")[0]
+    head = head.rstrip(" :\n").rsplit(":", 1)[0] if head.strip() else ""
+    raised = re.findall(r"^(?:[\w.]+\.)?(\w+(?:Error|Exception)): (.*)$",
+                        message, flags=re.M)
+    if raised:
+      message = f"{head}: {raised[-1][1]}" if head else raised[-1][1]
+  message = " ".join(message.split()) or type(error).__name__
+  return f"error: {message}"
+
+
+def run(main: Callable[[Optional[Sequence[str]]], int],
+        argv: Optional[Sequence[str]] = None,
+        extra_errors: Tuple[Type[BaseException], ...] = ()) -> int:
+  """Runs an argparse face's `_main(argv)`; returns the exit status.
+
+  Args:
+    main: the face's body; returns 0 (or raises).
+    argv: arguments (None: sys.argv[1:]).
+    extra_errors: further exception classes the face knows to be user
+      mistakes (e.g. its own argument checks).
+
+  Returns:
+    0, `FAILURE` for a user's mistake (one line on stderr), `USAGE_ERROR`
+    for bad flags (argparse prints its usage line).
+  """
+  try:
+    return main(argv) or 0
+  except SystemExit as e:  # argparse: 2 on usage errors, 0 on --help
+    return e.code if isinstance(e.code, int) else FAILURE
+  except UsageError as e:
+    print(one_line(e), file=sys.stderr)
+    return USAGE_ERROR
+  except user_errors() + tuple(extra_errors) as e:
+    print(one_line(e), file=sys.stderr)
+    return FAILURE
+
+
+class UsageError(ValueError):
+  """Flags that do not fit together (exit status 2)."""
