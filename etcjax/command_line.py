@@ -83,55 +83,38 @@ def add_alias(parser: argparse.ArgumentParser, old: str, new: str,
 def user_errors() -> Tuple[Type[BaseException], ...]:
   """The exception classes that report a user's mistake, not a bug.
 
-  Imported on use so that a face pays only for what it already imports
-  (the training and data layers pull in TensorFlow).
+  Classes of modules the running face has not imported cannot have been
+  raised, so they are looked up in `sys.modules` only: `predict` does not
+  import TensorFlow to learn about a training error.
   """
-  # pylint: disable=g-import-not-at-top
-  from etcjax import encryption
-  from etcjax.encryption import manifest
-  from etcjax.encryption import schemes
-  from etcjax.models import checkpoint
-  from etcjax.models import key_adaptation
   errors = [
       # The file system: a wrong or missing path, a folder that exists.
       FileNotFoundError, FileExistsError, IsADirectoryError,
       NotADirectoryError, PermissionError,
-      encryption.InvalidKeyError, encryption.KeyMismatchError,
-      schemes.UnknownSchemeError, schemes.SchemeParameterError, key_adaptation.AdaptationError,
-      checkpoint.CheckpointMismatchError,
   ]
-  errors += [e for e in (getattr(manifest, n, None) for n in _MANIFEST_ERRORS)
-             if isinstance(e, type)]
-  for module_name, names in _LAZY_ERRORS:
+  for module_name, names in USER_ERRORS:
     module = sys.modules.get(module_name)
     if module is not None:
       errors += [getattr(module, n) for n in names if hasattr(module, n)]
   return tuple(errors)
 
 
-# Raised by the encrypted-dataset layer (issue 15 adds them; listed by name
-# so this module works before and after).
-_MANIFEST_ERRORS = ("ManifestError", "IncompleteSplitError",
-                    "SchemeMismatchError", "DatasetError")
-
-# Classes of modules that only some faces import (checked in sys.modules so
-# `predict` does not import TensorFlow to learn about a training error).
-_LAZY_ERRORS = (
+# (module, exception class names) of the library's user-mistake errors.
+# Issue 15's encrypted-dataset layer lists its classes in `_DATASET_ERRORS`.
+USER_ERRORS = (
+    ("etcjax.encryption.keys", ("InvalidKeyError", "KeyMismatchError")),
+    ("etcjax.encryption.schemes", ("UnknownSchemeError",
+                                   "SchemeParameterError")),
+    ("etcjax.models.key_adaptation", ("AdaptationError",)),
+    ("etcjax.models.checkpoint", ("CheckpointMismatchError",)),
+    ("etcjax.data.errors", ("DataError",)),
     ("etcjax.training.default_config", ("ConfigError",)),
     ("etcjax.training.train", ("NonFiniteLossError",)),
     ("etcjax.training.checkpointing", ("WorkdirMismatchError",)),
-    ("etcjax.data.sources", ("SplitError", "DataNotFoundError")),
-    ("etcjax.data.pipeline", ("DataConfigError",)),
-    ("etcjax.data.encrypted_dataset", ("IncompleteSplitError",
-                                       "ManifestError", "FolderLockedError",
-                                       "SchemeMismatchError")),
-    ("etcjax.evaluation.sources", ("DatasetError",)),
-    ("etcjax.evaluation.outputs", ("ResultsExistError",)),
-    ("etcjax.evaluation.resume", ("ResumeMismatchError",)),
-    ("etcjax.encrypt", ("FolderLockedError", "EncryptError")),
-    ("etcjax.inference", ("ExportMismatchError",)),
     ("etcjax.inference.classifier", ("InputError",)),
     ("etcjax.inference.export", ("ExportError",)),
+    ("etcjax.evaluation.requests", ("RequestError", "MissingExtraError")),
+    ("etcjax.encrypt", ("FolderLockedError",)),
 )
 
 

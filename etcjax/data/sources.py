@@ -25,6 +25,7 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 import tensorflow as tf
 
+from etcjax.data import errors
 from etcjax.data import image_folder
 from etcjax.encryption import manifest as manifest_lib
 
@@ -39,9 +40,7 @@ DECODE_JPEG = "jpeg"  # tf.io.decode_jpeg without fancy upsampling.
 DECODE_PNG = "png"  # tf.io.decode_png.
 
 
-class SplitError(ValueError):
-  """A split spec that cannot be read: malformed, or an empty slice."""
-
+SplitError = errors.SplitError
 
 # 'train', 'train[:2048]', 'test[100:]', 'train[:10%]', 'val[-500:]'.
 _SPLIT = re.compile(r"([\w.-]+)(?:\[(-?\d+%?)?:(-?\d+%?)?\])?")
@@ -66,7 +65,7 @@ def parse_split(split: str) -> Tuple[str, Optional[Tuple[str, str]]]:
   """
   match = _SPLIT.fullmatch(split.strip()) if isinstance(split, str) else None
   if match is None:
-    raise SplitError(
+    raise errors.SplitError(
         f"cannot read the split {split!r}: expected a split name, optionally "
         "with a slice such as 'train[:2048]', 'test[100:]' or 'train[:10%]'")
   name, start, stop = match.groups()
@@ -110,7 +109,7 @@ def select(source: "Source", split: str) -> "Source":
   order = np.random.default_rng(0x5eed).permutation(count)
   chosen = np.sort(order[start:stop])
   if not len(chosen):
-    raise SplitError(f"split {split!r} selects no example of "
+    raise errors.SplitError(f"split {split!r} selects no example of "
                      f"{source.description} ({count} examples)")
   return dataclasses.replace(
       source, labels=source.labels[chosen],
