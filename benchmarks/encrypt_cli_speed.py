@@ -24,6 +24,8 @@ import time
 
 from etcjax import encrypt as cli
 from etcjax import encryption
+from etcjax.data import encrypted_writer
+from etcjax.data import plain_sources
 
 
 def _dir_bytes(root):
@@ -50,7 +52,7 @@ def main():
     parser.error("pass --data_dir or set ETCJAX_DATA_DIR")
   root = os.path.join(args.data_dir, "imagenette_224")
 
-  source = cli.open_source(f"folder:{root}", [args.split], limit=args.limit)
+  source = plain_sources.open_source(f"folder:{root}", [args.split], limit=args.limit)
   split = source.splits[0]
   image_shape = split.read(0).shape
   # A throwaway key that lives in memory only.
@@ -63,10 +65,10 @@ def main():
     out = tempfile.mkdtemp(prefix=f"etcjax_bench_{mode}_")
     try:
       start, cpu_start = time.perf_counter(), time.process_time()
-      result = cli.write_split(split, out, source.label_names, image_shape,
-                               modes[mode], "jpeg", args.quality,
-                               args.subsampling, workers=args.workers,
-                               progress=False)
+      result = encrypted_writer.write_split(
+          split, out, source.label_names, image_shape, modes[mode], "jpeg",
+          args.quality, args.subsampling, workers=args.workers,
+          progress=False)
       seconds = time.perf_counter() - start
       cpu_ms = (time.process_time() - cpu_start) * 1e3 / len(split)
       assert not result.failures, result.failures[:3]

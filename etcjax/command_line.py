@@ -100,8 +100,11 @@ def user_errors() -> Tuple[Type[BaseException], ...]:
 
 
 # (module, exception class names) of the library's user-mistake errors.
-# Issue 15's encrypted-dataset layer lists its classes in `_DATASET_ERRORS`.
 USER_ERRORS = (
+    ("etcjax.files", ("FolderLockedError",)),
+    # ManifestError, DatasetMismatchError, IncompleteSplitError,
+    # DamagedFileError, UnverifiableDatasetError are DatasetErrors.
+    ("etcjax.data.encrypted_dataset", ("DatasetError",)),
     ("etcjax.encryption.keys", ("InvalidKeyError", "KeyMismatchError")),
     ("etcjax.encryption.schemes", ("UnknownSchemeError",
                                    "SchemeParameterError")),
@@ -114,7 +117,6 @@ USER_ERRORS = (
     ("etcjax.inference.classifier", ("InputError",)),
     ("etcjax.inference.export", ("ExportError",)),
     ("etcjax.evaluation.requests", ("RequestError", "MissingExtraError")),
-    ("etcjax.encrypt", ("FolderLockedError",)),
 )
 
 

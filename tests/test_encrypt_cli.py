@@ -14,10 +14,11 @@ import pytest
 
 from etcjax import encrypt as cli
 from etcjax import encryption
+from etcjax.data import encrypted_dataset
+from etcjax.data import encrypted_writer
 from etcjax.data import image_folder
 from etcjax.data import tfds_source
 from etcjax.encryption import jpeg
-from etcjax.encryption import manifest as manifest_lib
 
 CLASSES = ("n01440764", "n02102040")
 
@@ -83,8 +84,8 @@ def _decrypted_split(root, split):
 
 
 def _read_dataset(root, split, channels):
-  manifest = manifest_lib.read_manifest(root)
-  paths, labels, indices = manifest_lib.list_images(root, manifest, split)
+  manifest = encrypted_dataset.read_manifest(root)
+  paths, labels, indices = encrypted_dataset.list_images(root, manifest, split)
   images = np.stack([jpeg.decode_image(open(p, "rb").read(), channels)
                      for p in paths])
   return manifest, images, labels, indices
@@ -125,7 +126,7 @@ def test_png_folder_round_trip_is_exact(tmp_path, capsys, key_file, small_folder
       "--split=train,val", f"--out={out_dir}", "--format=png", "--no_progress")
   assert status == 0, err
   key = encryption.load_key(key_file)
-  manifest = manifest_lib.read_manifest(out_dir)
+  manifest = encrypted_dataset.read_manifest(out_dir)
   assert manifest["scheme"] == "etc" and manifest["block_size"] == 16
   assert manifest["codec"] == "png" and manifest["jpeg_quality"] is None
   assert manifest["chroma_subsampling"] is None
@@ -175,7 +176,11 @@ def test_jpeg_tfds_round_trip_within_jpeg_error(tmp_path, capsys, key_file,
   assert manifest["label_names"] == names
   assert manifest["source"] == {"kind": "tfds", "name": "cifar10",
                                 "version": "3.0.2"}
+  hashes = manifest["splits"]["test"].pop("sha256")
   assert manifest["splits"] == {"test": {"count": 64, "complete": True}}
+  # The recorded hashes are those of the files' bytes, by source index.
+  paths, _, _ = encrypted_dataset.list_images(out_dir, manifest, "test")
+  assert hashes == [encrypted_dataset.hash_file(p) for p in paths]
   np.testing.assert_array_equal(indices, np.arange(64))
   np.testing.assert_array_equal(enc_labels, labels)
   # The files are exactly the JPEG of the encrypted images.
@@ -203,10 +208,10 @@ def test_grayscale_etc_writes_grayscale_jpegs(tmp_path, capsys, key_file,
       "--block_size=8", f"--source=folder:{small_folder}", "--split=val",
       f"--out={out_dir}", "--quality=90", "--no_progress")
   assert status == 0, err
-  manifest = manifest_lib.read_manifest(out_dir)
+  manifest = encrypted_dataset.read_manifest(out_dir)
   assert manifest["encrypted_shape"] == [224, 672, 1]
   assert manifest["chroma_subsampling"] is None  # no chroma in gray JPEGs
-  paths, _, _ = manifest_lib.list_images(out_dir, manifest, "val")
+  paths, _, _ = encrypted_dataset.list_images(out_dir, manifest, "val")
   with Image.open(paths[0]) as im:
     assert im.format == "JPEG" and im.mode == "L" and im.size == (672, 224)
   status, _, err = run(capsys, "decrypt", f"--key={key_file}",
@@ -230,12 +235,12 @@ def test_per_image_keys_differ_across_splits(tmp_path, capsys, key_file,
   for split in ("train", "val"):
     plain, _ = _plain_split(small_folder, split)
     _, enc, _, indices = _read_dataset(out_dir, split, 3)
-    ids = manifest_lib.image_key_ids(split, indices)
+    ids = encrypted_dataset.image_key_ids(split, indices)
     np.testing.assert_array_equal(
         enc, encryption.encrypt(plain, key, "pe_per_image", image_ids=ids))
   # Image 0 of 'train' and image 0 of 'val' have different keys: the same
   # pixels encrypt differently under the two ids.
-  train0, val0 = (manifest_lib.image_key_ids(s, [0]) for s in ("train", "val"))
+  train0, val0 = (encrypted_dataset.image_key_ids(s, [0]) for s in ("train", "val"))
   assert train0[0] != val0[0]
   image = _plain_split(small_folder, "train")[0][:1]
   assert not np.array_equal(
@@ -251,7 +256,7 @@ def test_per_image_keys_differ_across_splits(tmp_path, capsys, key_file,
 
 def test_image_key_ids_reject_out_of_range_indices():
   with pytest.raises(ValueError, match=r"\[0, 2\*\*32\)"):
-    manifest_lib.image_key_ids("train", [-1])
+    encrypted_dataset.image_key_ids("train", [-1])
 
 
 # --------------------------------------------------------------------------
@@ -271,16 +276,16 @@ def test_rerun_rewrites_only_missing_files(tmp_path, capsys, key_file,
   # An interrupted write leaves only a temporary file; it must be ignored.
   open(os.path.join(os.path.dirname(victim), ".000004.jpg.abc.tmp"), "wb").close()
   # Simulate an interrupted run: split marked incomplete.
-  manifest = manifest_lib.read_manifest(out_dir)
+  manifest = encrypted_dataset.read_manifest(out_dir)
   manifest["splits"]["train"]["complete"] = False
-  manifest_lib.write_manifest(out_dir, manifest)
+  encrypted_dataset.write_manifest(out_dir, manifest)
 
   status, out, err = run(capsys, *argv)
   assert status == 0, err
   assert "train: 1 written, 5 already done, 0 failed" in out
   after = {p: os.stat(p).st_mtime_ns for p in files}
   assert [p for p in files if after[p] != before[p]] == [victim]
-  assert manifest_lib.read_manifest(out_dir)["splits"]["train"]["complete"]
+  assert encrypted_dataset.read_manifest(out_dir)["splits"]["train"]["complete"]
   assert len(_files(out_dir)) == 7  # the stale temporary file is gone
 
 
@@ -355,7 +360,7 @@ def test_wrong_key_is_refused_on_decrypt(tmp_path, capsys, key_file,
   status, out, err = run(capsys, "decrypt", f"--key={other_key}",
                          f"--in={out_dir}", f"--out={dec_dir}")
   assert status == 1
-  expected = manifest_lib.read_manifest(out_dir)["key_fingerprint"]
+  expected = encrypted_dataset.read_manifest(out_dir)["key_fingerprint"]
   assert "wrong key" in err and expected in err
   assert not os.path.exists(dec_dir)
   assert_key_absent(other_key, texts=(out, err))
@@ -382,18 +387,21 @@ def test_unreadable_image_is_reported_by_name_and_split_left_incomplete(
   assert status == 1
   assert bad in err and "could not be encrypted" in err
   assert "val: 5 written, 0 already done, 1 failed" in out
-  manifest = manifest_lib.read_manifest(out_dir)
+  manifest = encrypted_dataset.read_manifest(out_dir)
+  hashes = manifest["splits"]["val"].pop("sha256")
   assert manifest["splits"]["val"] == {
       "count": 6, "complete": False,
       "source_digest": manifest["splits"]["val"]["source_digest"]}
+  # The failed image (index 4: class 0 holds 3 images) has no hash yet.
+  assert [h is None for h in hashes] == [False] * 4 + [True, False]
   with pytest.raises(ValueError, match="incomplete"):
-    manifest_lib.list_images(out_dir, manifest, "val")
+    encrypted_dataset.list_images(out_dir, manifest, "val")
 
   with open(bad, "wb") as f:  # fixed: the rerun completes the split
     f.write(good_bytes)
   status, out, _ = run(capsys, *argv)
   assert status == 0 and "val: 1 written, 5 already done, 0 failed" in out
-  assert manifest_lib.read_manifest(out_dir)["splits"]["val"]["complete"]
+  assert encrypted_dataset.read_manifest(out_dir)["splits"]["val"]["complete"]
 
 
 def test_image_size_must_fit_the_block_size_unless_resized(
@@ -456,7 +464,7 @@ def test_block_8_with_444_is_accepted(tmp_path, capsys, key_file, small_folder):
       "--split=val", f"--out={tmp_path / 'enc'}", "--block_size=8",
       "--subsampling=4:4:4", "--limit=2", "--no_progress")
   assert status == 0, err
-  manifest = manifest_lib.read_manifest(tmp_path / "enc")
+  manifest = encrypted_dataset.read_manifest(tmp_path / "enc")
   assert manifest["chroma_subsampling"] == "4:4:4"
   assert manifest["splits"]["val"]["count"] == 2
 
@@ -492,7 +500,7 @@ def test_python_dash_m_entry_point(tmp_path, key_file, small_folder):
        f"--out={out_dir}"], capture_output=True, text=True, timeout=120)
   assert result.returncode == 0, result.stderr
   assert "key fingerprint" in result.stdout
-  manifest = manifest_lib.read_manifest(out_dir)
+  manifest = encrypted_dataset.read_manifest(out_dir)
   assert all(s["complete"] and s["count"] == 2
              for s in manifest["splits"].values())
   assert_key_absent(key_file, roots=(out_dir,),
@@ -549,11 +557,11 @@ def test_concurrent_runs_into_one_folder_are_refused(tmp_path, capsys,
   out_dir = tmp_path / "enc"
   argv = ("encrypt", f"--key={key_file}", f"--source=folder:{small_folder}",
           "--split=train", f"--out={out_dir}", "--no_progress")
-  with cli._locked(str(out_dir)):  # another run, still writing
+  with encrypted_writer.locked(str(out_dir)):  # another run, still writing
     status, _, err = run(capsys, *argv)
     assert status == 1
     assert "another etcjax.encrypt run (pid" in err and str(out_dir) in err
-    assert not os.path.exists(out_dir / manifest_lib.MANIFEST_FILE)
+    assert not os.path.exists(out_dir / encrypted_dataset.MANIFEST_FILE)
   # Once it is done (or died: the kernel drops its lock), a run proceeds,
   # and the lock file does not make the folder look foreign.
   status, _, err = run(capsys, *argv)

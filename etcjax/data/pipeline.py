@@ -40,12 +40,12 @@ import tensorflow as tf
 
 from etcjax import encryption
 from etcjax.data import augment
+from etcjax.data import encrypted_dataset
 from etcjax.data import errors
 from etcjax.data import host_encryption
 from etcjax.data import randaugment
 from etcjax.data import sampling
 from etcjax.data import sources
-from etcjax.encryption import manifest as manifest_lib
 from etcjax.encryption import plans
 
 # TensorFlow only feeds the host here; it must not claim accelerator memory
@@ -254,12 +254,16 @@ def _encrypted_shape(s: _Settings) -> Tuple[int, int, int]:
 
 def _read_manifest(s: _Settings, splits: Tuple[str, ...]) -> Dict[str, Any]:
   """Reads an encrypted dataset's manifest and checks it against the config."""
-  manifest = manifest_lib.read_manifest(s.data_dir)
+  manifest = encrypted_dataset.read_manifest(s.data_dir)
   for split in splits:
-    manifest_lib.check_manifest(manifest, scheme=s.scheme or None,
-                                block_size=s.block_size,
-                                fingerprint=s.fingerprint or None,
-                                split=sources.parse_split(split)[0])
+    # A slice ('train[:2048]') is of the manifest's split 'train'.
+    name = sources.parse_split(split)[0]
+    encrypted_dataset.check_manifest(manifest, scheme=s.scheme or None,
+                                     block_size=s.block_size,
+                                     fingerprint=s.fingerprint or None,
+                                     split=name, root=s.data_dir)
+    # Refused up front, not at the first batch: no hashes, no damage check.
+    encrypted_dataset.split_hashes(s.data_dir, manifest, name, [])
   if s.jpeg_quality is not None and manifest["jpeg_quality"] != s.jpeg_quality:
     raise errors.DataError(
         f"config.encryption.jpeg_quality is {s.jpeg_quality} but the encrypted "
@@ -407,7 +411,7 @@ def _example_fn(s: _Settings, source: sources.Source, train: bool,
     if source.images is not None:
       image = example["image"]
     else:
-      image = source.decode(example["path"])
+      image = source.decode(example["path"], example.get("data"))
     if s.dataset != ENCRYPTED:
       # Seeded by (data seed, position in the global example stream).
       seed = tf.stack([tf.constant(s.seed, tf.int64), example["position"]])
@@ -424,6 +428,7 @@ def _example_fn(s: _Settings, source: sources.Source, train: bool,
                                                 s.jpeg_quality)
     out = dict(example, image=image)
     out.pop("path", None)
+    out.pop("data", None)
     return out
 
   return fn
@@ -441,6 +446,8 @@ def _dataset(s: _Settings, source: sources.Source, examples, start: int,
   """
   keys = ["label", "position"] + (["mask"] if not train else [])
   keys.append("image" if source.images is not None else "path")
+  if source.hashes is not None:
+    keys.append("data")  # read and checked against its hash in `fetch`
 
   def fetch(step):
     batch = examples(int(step))
@@ -450,10 +457,12 @@ def _dataset(s: _Settings, source: sources.Source, examples, start: int,
       batch["image"] = source.images[index]
     else:
       batch["path"] = source.paths[index]
+    if source.hashes is not None:
+      batch["data"] = source.read_verified(index)
     return [batch[k] for k in keys]
 
   dtypes = {"label": tf.int32, "position": tf.int64, "mask": tf.bool,
-            "image": tf.uint8, "path": tf.string}
+            "image": tf.uint8, "path": tf.string, "data": tf.string}
 
   @tf.autograph.experimental.do_not_convert
   def fetch_tf(step):
@@ -509,6 +518,13 @@ def _numpy_batches(ds: tf.data.Dataset, source: sources.Source,
         last = step + _SEARCHED_STEPS if stop is None else min(
             stop, step + _SEARCHED_STEPS)
         indices = np.concatenate([examples(k)["index"] for k in range(step, last)])
+        if source.hashes is not None:
+          try:
+            source.read_verified(indices)
+          except encrypted_dataset.DamagedFileError as damaged:
+            raise encrypted_dataset.DamagedFileError(
+                f"reading {source.description} failed at step {step}: "
+                f"{damaged}") from None
         detail = sources.find_unreadable(source.paths[indices])
       raise errors.DataError(
           f"reading {source.description} failed at step {step}: "

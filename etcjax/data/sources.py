@@ -25,9 +25,9 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 import tensorflow as tf
 
+from etcjax.data import encrypted_dataset
 from etcjax.data import errors
 from etcjax.data import image_folder
-from etcjax.encryption import manifest as manifest_lib
 
 # Formats tf.io.decode_image reads; folders with other files (TIFF, PPM)
 # are decoded with PIL through tf.numpy_function, which is slower.
@@ -115,6 +115,7 @@ def select(source: "Source", split: str) -> "Source":
       source, labels=source.labels[chosen],
       images=None if source.images is None else source.images[chosen],
       paths=None if source.paths is None else source.paths[chosen],
+      hashes=None if source.hashes is None else source.hashes[chosen],
       description=f"{source.description}, slice {split!r}")
 
 
@@ -134,6 +135,9 @@ class Source:
       EtC datasets).
     image_shape: `(H, W, C)` of every image when known to be fixed, else
       None (image folders may mix sizes).
+    hashes: for encrypted datasets, `[N]` hex SHA-256 of every file as
+      written (`encrypted_dataset.file_hash`); files are then read with
+      `read_verified`, which refuses a file whose bytes differ.
   """
 
   labels: np.ndarray
@@ -144,15 +148,46 @@ class Source:
   decoder: Optional[str] = None
   channels: int = 3
   image_shape: Optional[Tuple[int, int, int]] = None
+  hashes: Optional[np.ndarray] = None
 
   def __len__(self) -> int:
     return len(self.labels)
 
-  def decode(self, path):
+  def read_verified(self, index: np.ndarray) -> np.ndarray:
+    """Reads some files in Python and checks them against `hashes`.
+
+    One call per batch: hashing costs microseconds per file, a Python call
+    per example in tf.data would cost far more.
+
+    Args:
+      index: int `[n]` positions in this split.
+
+    Returns:
+      object `[n]` array of the files' bytes.
+
+    Raises:
+      encrypted_dataset.DamagedFileError: a file's bytes differ from its
+        recorded hash (the message names the file).
+    """
+    out = np.empty(len(index), object)
+    for k, i in enumerate(index):
+      path = os.fsdecode(self.paths[i])
+      with open(path, "rb") as f:
+        data = f.read()
+      actual = encrypted_dataset.file_hash(data)
+      if actual != self.hashes[i]:
+        raise encrypted_dataset.DamagedFileError(
+            encrypted_dataset.damaged_message(path, self.hashes[i], actual))
+      out[k] = data
+    return out
+
+  def decode(self, path, data=None):
     """Reads and decodes one file in the tf.data graph.
 
     Args:
       path: scalar tf.string, a path from `paths`.
+      data: scalar tf.string, the file's bytes when already read (by
+        `read_verified`), else None.
 
     Returns:
       uint8 `[H, W, channels]` (`image_shape` when fixed).
@@ -163,7 +198,8 @@ class Source:
           stateful=False)
       image.set_shape((None, None, 3))
     else:
-      data = tf.io.read_file(path)
+      if data is None:
+        data = tf.io.read_file(path)
       if self.decoder == DECODE_JPEG:
         image = tf.io.decode_jpeg(data, channels=self.channels,
                                   fancy_upscaling=False)
@@ -259,15 +295,18 @@ def load_encrypted_split(root: str, split: str,
 
   Raises:
     ValueError: the split is missing or incomplete, or its files do not
-      match the manifest.
+      match the manifest (`encrypted_dataset.IncompleteSplitError`); it
+      records no file hashes (`UnverifiableDatasetError`).
   """
-  paths, labels, _ = manifest_lib.list_images(root, manifest, split)
+  paths, labels, indices = encrypted_dataset.list_images(root, manifest, split)
+  hashes = encrypted_dataset.split_hashes(root, manifest, split, indices)
   shape = tuple(manifest["encrypted_shape"])
   return Source(labels=labels, label_names=list(manifest["label_names"]),
                 description=f"split {split!r} of encrypted dataset {root}",
                 paths=np.asarray([os.fsencode(p) for p in paths]),
                 decoder=DECODE_JPEG if manifest["codec"] == "jpeg" else DECODE_PNG,
-                channels=shape[-1], image_shape=shape)
+                channels=shape[-1], image_shape=shape,
+                hashes=np.asarray(hashes, object))
 
 
 def find_unreadable(paths) -> Optional[str]:

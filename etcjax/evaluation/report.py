@@ -15,7 +15,7 @@ import json
 import os
 from typing import List, Tuple
 
-from etcjax.encryption import manifest
+from etcjax import files
 from etcjax.evaluation import outputs
 
 REPORT_FILE = "report.md"
@@ -123,5 +123,5 @@ def write(run_dir: str, overwrite: bool = False) -> str:
   if os.path.exists(path) and not overwrite:
     raise FileExistsError(
         f"{path} exists; pass --overwrite to write it again")
-  manifest.atomic_write(path, text.encode("utf-8"))
+  files.atomic_write(path, text.encode("utf-8"))
   return path

@@ -24,7 +24,7 @@ from typing import Any, Dict, Tuple
 
 import numpy as np
 
-from etcjax.encryption import manifest
+from etcjax import files
 
 REQUEST_FILE = "request.json"
 _INFO = "__info__"  # Key of the JSON part of a unit's file.
@@ -71,7 +71,7 @@ class ResumeStore:
             f"other settings ({', '.join(changed)} differ); rerun with those "
             "settings to resume it, or pass --overwrite to discard it")
     os.makedirs(self.path, exist_ok=True)
-    manifest.atomic_write(request_file,
+    files.atomic_write(request_file,
                           json.dumps(self._request, indent=2).encode("utf-8"))
     self.resumed = sorted(f[:-len(".npz")] for f in os.listdir(self.path)
                           if f.endswith(".npz"))
@@ -104,7 +104,7 @@ class ResumeStore:
     """
     buffer = io.BytesIO()
     np.savez(buffer, **arrays, **{_INFO: np.asarray(json.dumps(info))})
-    manifest.atomic_write(self._file(unit), buffer.getvalue())
+    files.atomic_write(self._file(unit), buffer.getvalue())
 
   def load(self, unit: str) -> Tuple[Dict[str, np.ndarray], Dict[str, Any]]:
     """Returns `(arrays, info)` of a saved unit."""

@@ -16,7 +16,7 @@ from absl import logging
 from etils import epath
 import jax
 
-from etcjax.encryption import manifest as manifest_lib
+from etcjax import files
 
 RESULTS_FILE = "results.json"
 
@@ -34,7 +34,7 @@ def write_json(path: epath.PathLike, obj: Any) -> None:
   if "://" in str(path):
     path.write_text(text)
   else:
-    manifest_lib.atomic_write(str(path), text.encode("utf-8"))
+    files.atomic_write(str(path), text.encode("utf-8"))
 
 
 def format_duration(seconds: float) -> str:

@@ -3,16 +3,18 @@ encrypted by `python -m etcjax.encrypt`; real data in test_real_data.py."""
 
 import itertools
 import os
+import re
+import shutil
 
 import numpy as np
 import pytest
 
 from etcjax import encrypt as encrypt_cli
 from etcjax import encryption
+from etcjax.data import encrypted_dataset
 from etcjax.data import host_encryption
 from etcjax.data import pipeline
 from etcjax.encryption import jpeg
-from etcjax.encryption import manifest as manifest_lib
 
 from .conftest import CLASSES, image_ids, write_folder
 
@@ -289,7 +291,7 @@ def test_encrypted_jpeg_dataset_decodes_like_the_jpeg_module(
     encrypted_datasets, encrypted_config):
   root = encrypted_datasets["jpeg"]
   config = encrypted_config(root, encryption__jpeg_quality=85)
-  paths, _, _ = manifest_lib.list_images(root, manifest_lib.read_manifest(root),
+  paths, _, _ = encrypted_dataset.list_images(root, encrypted_dataset.read_manifest(root),
                                          "val")
   files = [open(p, "rb").read() for p in paths]
   expected = jpeg.decode(files)  # chroma replicated, not interpolated
@@ -319,13 +321,73 @@ def test_encrypted_dataset_that_differs_from_the_config_is_refused(
 def test_incomplete_encrypted_split_is_refused(encrypted_datasets,
                                                encrypted_config, tmp_path):
   root = encrypted_datasets["png"]
-  manifest = manifest_lib.read_manifest(root)
+  manifest = encrypted_dataset.read_manifest(root)
   manifest["splits"]["train"]["complete"] = False
-  manifest_lib.write_manifest(tmp_path, manifest)
-  with pytest.raises(ValueError, match="incomplete"):
+  encrypted_dataset.write_manifest(tmp_path, manifest)
+  with pytest.raises(encrypted_dataset.IncompleteSplitError) as raised:
     pipeline.train_iterator(encrypted_config(str(tmp_path)))
+  assert "incomplete" in str(raised.value) and str(tmp_path) in str(raised.value)
   with pytest.raises(FileNotFoundError, match="manifest.json"):
     pipeline.dataset_info(encrypted_config(str(tmp_path / "empty")))
+
+
+def test_refusals_name_the_dataset_path(encrypted_datasets, encrypted_config,
+                                        tmp_path):
+  root = encrypted_datasets["png"]
+  for overrides, error in (
+      (dict(encryption__scheme="block_common"),
+       encrypted_dataset.DatasetMismatchError),
+      (dict(eval_split="test"), encrypted_dataset.IncompleteSplitError)):
+    with pytest.raises(error) as raised:
+      pipeline.dataset_info(encrypted_config(root, **overrides))
+    assert root in str(raised.value) and "\n" not in str(raised.value)
+  shutil.copytree(root, tmp_path / "copy")
+  with open(tmp_path / "copy" / "manifest.json", "r+") as f:
+    f.truncate(100)  # a manifest cut short
+  with pytest.raises(encrypted_dataset.ManifestError,
+                     match=f"{re.escape(str(tmp_path / 'copy'))}.*not valid JSON"):
+    pipeline.dataset_info(encrypted_config(str(tmp_path / "copy")))
+
+
+def _damage(path, offset_fraction=0.6):
+  """Changes 4 bytes inside a file's (image) data, keeping its size."""
+  with open(path, "r+b") as f:
+    data = bytearray(f.read())
+    at = int(len(data) * offset_fraction)
+    data[at:at + 4] = bytes(b ^ 0x5A for b in data[at:at + 4])
+    f.seek(0)
+    f.write(data)
+
+
+def test_damaged_encrypted_file_stops_the_pipeline_naming_it(
+    encrypted_datasets, encrypted_config, tmp_path):
+  root = str(tmp_path / "copy")
+  shutil.copytree(encrypted_datasets["jpeg"], root)
+  paths, _, _ = encrypted_dataset.list_images(
+      root, encrypted_dataset.read_manifest(root), "train")
+  _damage(paths[7])
+  config = encrypted_config(root, encryption__jpeg_quality=85)
+  with pytest.raises(encrypted_dataset.DamagedFileError) as raised:
+    _take(pipeline.train_iterator(config), 5)  # an epoch: every file
+  message = str(raised.value)
+  assert paths[7] in message and "damaged" in message and "\n" not in message
+  # The other split is intact and still reads.
+  assert list(pipeline.eval_iterator(config))
+
+
+def test_dataset_without_file_hashes_is_refused_with_the_way_forward(
+    encrypted_datasets, encrypted_config, tmp_path):
+  root = str(tmp_path / "legacy")
+  shutil.copytree(encrypted_datasets["png"], root)
+  manifest = encrypted_dataset.read_manifest(root)
+  manifest["format"] = "etcjax.encrypted_dataset.v1"
+  for entry in manifest["splits"].values():
+    del entry["sha256"]
+  encrypted_dataset.write_manifest(root, manifest)
+  with pytest.raises(encrypted_dataset.UnverifiableDatasetError,
+                     match=f"{re.escape(root)}.*verify --out={re.escape(root)}"
+                     " --add_hashes"):
+    pipeline.dataset_info(encrypted_config(root))
 
 
 # ---------------------------------------- on-the-fly encryption (host, JPEG)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from etcjax import encryption
-from etcjax.encryption import manifest as manifest_lib
+from etcjax.data import encrypted_dataset
 
 
 def _manifest(**overrides):
@@ -19,44 +19,44 @@ def _manifest(**overrides):
       splits={"train": {"count": 3, "complete": True},
               "test": {"count": 2, "complete": False}})
   fields.update(overrides)
-  return manifest_lib.make_manifest(**fields)
+  return encrypted_dataset.make_manifest(**fields)
 
 
 def test_write_then_read_round_trips(tmp_path):
   manifest = _manifest()
-  path = manifest_lib.write_manifest(tmp_path, manifest)
-  assert path == os.path.join(tmp_path, manifest_lib.MANIFEST_FILE)
-  assert manifest_lib.read_manifest(tmp_path) == manifest
+  path = encrypted_dataset.write_manifest(tmp_path, manifest)
+  assert path == os.path.join(tmp_path, encrypted_dataset.MANIFEST_FILE)
+  assert encrypted_dataset.read_manifest(tmp_path) == manifest
   with open(path) as f:
     on_disk = json.load(f)
-  assert on_disk["format"] == "etcjax.encrypted_dataset.v1"
+  assert on_disk["format"] == "etcjax.encrypted_dataset.v2"
   assert on_disk["image_shape"] == [32, 32, 3]
-  assert os.listdir(tmp_path) == [manifest_lib.MANIFEST_FILE]  # no temporaries
+  assert os.listdir(tmp_path) == [encrypted_dataset.MANIFEST_FILE]  # no temporaries
 
 
 def test_write_is_atomic(tmp_path, monkeypatch):
-  manifest_lib.write_manifest(tmp_path, _manifest())
-  before = open(os.path.join(tmp_path, manifest_lib.MANIFEST_FILE)).read()
+  encrypted_dataset.write_manifest(tmp_path, _manifest())
+  before = open(os.path.join(tmp_path, encrypted_dataset.MANIFEST_FILE)).read()
 
   def crash(src, dst):
     raise OSError("disk full")
 
   monkeypatch.setattr(os, "replace", crash)
   with pytest.raises(OSError, match="disk full"):
-    manifest_lib.write_manifest(tmp_path, _manifest(scheme="le", block_size=4))
+    encrypted_dataset.write_manifest(tmp_path, _manifest(scheme="le", block_size=4))
   # The old manifest is intact and no temporary file is left behind.
-  assert open(os.path.join(tmp_path, manifest_lib.MANIFEST_FILE)).read() == before
-  assert os.listdir(tmp_path) == [manifest_lib.MANIFEST_FILE]
+  assert open(os.path.join(tmp_path, encrypted_dataset.MANIFEST_FILE)).read() == before
+  assert os.listdir(tmp_path) == [encrypted_dataset.MANIFEST_FILE]
 
 
 def test_missing_manifest_is_a_clear_error(tmp_path):
   with pytest.raises(FileNotFoundError, match="not an etcjax encrypted dataset.*manifest.json"):
-    manifest_lib.read_manifest(tmp_path)
+    encrypted_dataset.read_manifest(tmp_path)
 
 
 @pytest.mark.parametrize("edit,match", [
     (lambda m: m.pop("scheme"), "lacks the field 'scheme'"),
-    (lambda m: m.update(format="something.else"), "expected 'etcjax.encrypted_dataset.v1'"),
+    (lambda m: m.update(format="something.else"), "expected 'etcjax.encrypted_dataset.v2'"),
     (lambda m: m.update(block_size="16"), "'block_size' must be int"),
     (lambda m: m.update(block_size=True), "'block_size' must be int"),
     (lambda m: m.update(scheme="rot13"), "unknown scheme 'rot13'"),
@@ -74,39 +74,39 @@ def test_missing_manifest_is_a_clear_error(tmp_path):
 def test_invalid_manifests_are_rejected_naming_the_problem(tmp_path, edit, match):
   manifest = _manifest()
   edit(manifest)
-  with open(os.path.join(tmp_path, manifest_lib.MANIFEST_FILE), "w") as f:
+  with open(os.path.join(tmp_path, encrypted_dataset.MANIFEST_FILE), "w") as f:
     json.dump(manifest, f)
   with pytest.raises(ValueError, match=match):
-    manifest_lib.read_manifest(tmp_path)
+    encrypted_dataset.read_manifest(tmp_path)
   with pytest.raises(ValueError, match=match):
-    manifest_lib.write_manifest(tmp_path / "other", manifest)
+    encrypted_dataset.write_manifest(tmp_path / "other", manifest)
 
 
 def test_invalid_json_is_rejected(tmp_path):
-  with open(os.path.join(tmp_path, manifest_lib.MANIFEST_FILE), "w") as f:
+  with open(os.path.join(tmp_path, encrypted_dataset.MANIFEST_FILE), "w") as f:
     f.write('{"format": ')
   with pytest.raises(ValueError, match="not valid JSON"):
-    manifest_lib.read_manifest(tmp_path)
+    encrypted_dataset.read_manifest(tmp_path)
 
 
 def test_check_manifest():
   key = bytes(range(32))
   manifest = _manifest(key_fingerprint=encryption.fingerprint(key))
-  manifest_lib.check_manifest(manifest, scheme="etc", block_size=16,
+  encrypted_dataset.check_manifest(manifest, scheme="etc", block_size=16,
                               fingerprint=encryption.fingerprint(key),
                               split="train")
-  manifest_lib.check_manifest(manifest, scheme="", fingerprint="")
+  encrypted_dataset.check_manifest(manifest, scheme="", fingerprint="")
   other = encryption.fingerprint(bytes(32))
   with pytest.raises(encryption.KeyMismatchError, match=f"wrong key.*{other}"):
-    manifest_lib.check_manifest(manifest, fingerprint=other)
+    encrypted_dataset.check_manifest(manifest, fingerprint=other)
   with pytest.raises(ValueError, match="scheme 'etc', expected 'le'"):
-    manifest_lib.check_manifest(manifest, scheme="le")
+    encrypted_dataset.check_manifest(manifest, scheme="le")
   with pytest.raises(ValueError, match="block size 16, expected 8"):
-    manifest_lib.check_manifest(manifest, block_size=8)
+    encrypted_dataset.check_manifest(manifest, block_size=8)
   with pytest.raises(ValueError, match=r"no split 'val'.*\['test', 'train'\]"):
-    manifest_lib.check_manifest(manifest, split="val")
+    encrypted_dataset.check_manifest(manifest, split="val")
   with pytest.raises(ValueError, match="split 'test' .* is incomplete"):
-    manifest_lib.check_manifest(manifest, split="test")
+    encrypted_dataset.check_manifest(manifest, split="test")
 
 
 def _touch(path):
@@ -116,21 +116,21 @@ def _touch(path):
 
 def test_image_path_and_list_images(tmp_path):
   manifest = _manifest()
-  assert manifest_lib.image_path(tmp_path, "train", "dog", 7, "jpeg") == \
+  assert encrypted_dataset.image_path(tmp_path, "train", "dog", 7, "jpeg") == \
       os.path.join(tmp_path, "train", "dog", "000007.jpg")
-  assert manifest_lib.image_path("r", "s", "c", 1234567, "png").endswith(
+  assert encrypted_dataset.image_path("r", "s", "c", 1234567, "png").endswith(
       os.path.join("c", "1234567.png"))
   for label, index in (("dog", 0), ("cat", 2), ("dog", 1)):
-    _touch(manifest_lib.image_path(tmp_path, "train", label, index, "jpeg"))
+    _touch(encrypted_dataset.image_path(tmp_path, "train", label, index, "jpeg"))
   _touch(os.path.join(tmp_path, "train", "cat", ".000009.jpg.x.tmp"))
-  paths, labels, indices = manifest_lib.list_images(tmp_path, manifest, "train")
+  paths, labels, indices = encrypted_dataset.list_images(tmp_path, manifest, "train")
   np.testing.assert_array_equal(indices, [0, 1, 2])
   np.testing.assert_array_equal(labels, [1, 1, 0])
   assert labels.dtype == np.int32 and indices.dtype == np.int64
   assert [os.path.basename(p) for p in paths] == ["000000.jpg", "000001.jpg",
                                                   "000002.jpg"]
-  _touch(manifest_lib.image_path(tmp_path, "train", "cat", 3, "jpeg"))
+  _touch(encrypted_dataset.image_path(tmp_path, "train", "cat", 3, "jpeg"))
   with pytest.raises(ValueError, match="should hold 3 .jpg files .* 4 were found"):
-    manifest_lib.list_images(tmp_path, manifest, "train")
+    encrypted_dataset.list_images(tmp_path, manifest, "train")
   with pytest.raises(ValueError, match="incomplete"):
-    manifest_lib.list_images(tmp_path, manifest, "test")
+    encrypted_dataset.list_images(tmp_path, manifest, "test")
