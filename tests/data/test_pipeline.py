@@ -193,7 +193,7 @@ def test_unreadable_file_is_named(make_config, tmp_path, folder_dataset):
 @pytest.fixture(scope="module")
 def owner_key(tmp_path_factory):
   path = str(tmp_path_factory.mktemp("key") / "owner.key")
-  assert encrypt_cli.main(["keygen", "--key", path]) == 0
+  assert encrypt_cli.main(["keygen", "--key_file", path]) == 0
   return path
 
 
@@ -203,7 +203,7 @@ def encrypted_datasets(tmp_path_factory, folder_dataset, owner_key):
   out = {}
   for codec in ("png", "jpeg"):
     root = str(tmp_path_factory.mktemp(f"encrypted_{codec}"))
-    argv = ["encrypt", "--key", owner_key, "--scheme", "etc",
+    argv = ["encrypt", "--key_file", owner_key, "--scheme", "etc",
             "--source", f"folder:{folder_dataset['root']}",
             "--split", "train,val", "--out", root, "--format", codec,
             "--workers", "1", "--no_progress", "--overwrite"]
