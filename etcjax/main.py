@@ -171,12 +171,7 @@ def _parse_flags(argv):
          for a in argv[1:]):
     rest = [a for a in argv if a not in ("--help", "-h", "--helpshort",
                                          "--helpfull", "-?")]
-    config = None
-    try:
-      flags.FLAGS(rest, known_only=True)
-      config = _CONFIG.value
-    except Exception:  # pylint: disable=broad-except
-      pass  # No (loadable) --config: show the defaults.
+    config = _help_config([a for a in rest if a.startswith("--config=")])
     print(__doc__)
     print(flags.FLAGS.module_help(sys.modules[__name__]))
     print(config_fields_help(config))
@@ -188,6 +183,19 @@ def _parse_flags(argv):
     print("(python -m etcjax.main --help lists the flags and config "
           "fields)", file=sys.stderr)
     sys.exit(command_line.USAGE_ERROR)
+
+
+def _help_config(config_args):
+  """The config named by --config=PATH[:VARIANT] for --help, or None."""
+  if not config_args:
+    return None
+  path, _, arg = config_args[-1].split("=", 1)[1].partition(":")
+  try:
+    module = default_config.load_sibling(os.path.basename(path),
+                                         os.path.abspath(path))
+    return module.get_config(arg or None)
+  except Exception:  # pylint: disable=broad-except
+    return None  # No loadable config: --help shows the defaults.
 
 
 def _config():
