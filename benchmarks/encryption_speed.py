@@ -18,7 +18,9 @@ measurements alternated round-robin, with
   a switch over the 8 symmetries.
 
 Targets (issue 2): at most 3x a memory copy at 224x224 on CPU, and at least
-30x faster than the NumPy loop; both are printed for each path. Prints
+30x faster than the NumPy loop; both are printed for each path. Issue 13.8:
+one-shot `encryption.encrypt`/`decrypt` with an unchanged key and shape at
+most 1.5x `apply_numpy`/`invert_numpy` with a prepared plan. Prints
 medians (ms) and ratios; it is not a test and asserts nothing about speed.
 
     python benchmarks/encryption_speed.py [--reps 9] [--alternatives]
@@ -40,6 +42,7 @@ from etcjax.encryption import schemes
 CONFIGS = ((128, 224, 224, 16), (1024, 32, 32, 16), (1024, 32, 32, 4))
 TARGET_COPY_RATIO = 3.0  # at 224x224
 TARGET_LOOP_SPEEDUP = 30.0
+TARGET_ONE_SHOT_RATIO = 1.5  # issue 13.8: one-shot encrypt vs apply_numpy
 
 
 def numpy_loop(images, choices, b):
@@ -179,6 +182,13 @@ def run_config(n, h, w, b, reps, alternatives):
           lambda: encryption.apply_numpy(plan, images),
       "numpy take + xor":
           lambda: np.take(images.reshape(n, -1), gather, axis=1) ^ xor,
+      # Issue 13.8: the one-shot API with an unchanged key and shape.
+      "encrypt (one-shot)":
+          lambda: encryption.encrypt(images, key, "etc", b),
+      "invert_numpy":
+          lambda: encryption.invert_numpy(plan, expected),
+      "decrypt (one-shot)":
+          lambda: encryption.decrypt(expected, key, "etc", b),
   }
   if alternatives:
     for name, fn in (("alt: take, fill mode", _fill_mode_gather(plan)),
@@ -199,6 +209,12 @@ def run_config(n, h, w, b, reps, alternatives):
   for name, t in ms.items():
     print(f"{name:28s} {t:9.2f} {t / ms['np.copy']:10.1f} "
           f"{t / ms['jit x + 0']:11.1f} {loop_ms / t:12.1f}")
+  for one_shot, prepared in (("encrypt (one-shot)", "apply_numpy"),
+                             ("decrypt (one-shot)", "invert_numpy")):
+    ratio = ms[one_shot] / ms[prepared]
+    print(f"{one_shot}: target <= {TARGET_ONE_SHOT_RATIO:.1f}x {prepared} "
+          f"with a prepared plan: {ratio:.2f}x -> "
+          f"{'met' if ratio <= TARGET_ONE_SHOT_RATIO else 'NOT met'}")
   for path in ("apply (device input)", "apply_numpy"):
     ratio = ms[path] / ms["np.copy"]
     speedup = loop_ms / ms[path]

@@ -289,6 +289,125 @@ def test_rerun_rewrites_only_missing_files(tmp_path, capsys, key_file,
   assert len(_files(out_dir)) == 7  # the stale temporary file is gone
 
 
+def test_removing_a_bad_source_image_as_advised_then_re_running_completes(
+    tmp_path, capsys, key_file, small_folder):
+  out_dir = tmp_path / "enc"
+  bad = sorted(glob.glob(os.path.join(small_folder, "val", CLASSES[0], "*")))[1]
+  with open(bad, "wb") as f:
+    f.write(b"not an image")
+  argv = ("encrypt", f"--key={key_file}", f"--source=folder:{small_folder}",
+          "--split=val", f"--out={out_dir}", "--no_progress")
+  status, _, err = run(capsys, *argv)
+  assert status == 1 and bad in err and "fix or remove" in err
+  os.remove(bad)  # as advised; the later images' indices move down by one
+  status, out, err = run(capsys, *argv)
+  assert status == 0, err
+  assert "val: 5 written, 0 already done, 0 failed" in out
+  assert "started over" in err
+  manifest, enc, _, _ = _read_dataset(out_dir, "val", 3)
+  assert manifest["splits"]["val"]["complete"] and len(enc) == 5
+  assert run(capsys, "verify", f"--out={out_dir}")[0] == 0
+  # A complete split is still never replaced without --overwrite.
+  os.remove(sorted(glob.glob(os.path.join(small_folder, "val", CLASSES[1], "*")))[0])
+  status, _, err = run(capsys, *argv)
+  assert status == 1 and "another list of source files" in err
+
+
+def test_key_that_is_a_folder_is_named_as_such(tmp_path, capsys, small_folder):
+  status, _, err = run(capsys, "encrypt", f"--key={tmp_path}",
+                       f"--source=folder:{small_folder}", "--split=val",
+                       f"--out={tmp_path / 'enc'}", "--no_progress")
+  assert status == 1 and f"key file {tmp_path} is a folder" in err
+  assert not os.path.exists(tmp_path / "enc")
+
+
+def _damage(path):
+  """Changes 4 bytes inside a file's image data, keeping its size."""
+  with open(path, "r+b") as f:
+    data = bytearray(f.read())
+    at = len(data) * 3 // 5
+    data[at:at + 4] = bytes(b ^ 0x5A for b in data[at:at + 4])
+    f.seek(0)
+    f.write(data)
+
+
+@pytest.mark.parametrize("harm", ["truncate", "damage", "unhashed"])
+def test_resume_redoes_truncated_damaged_and_unhashed_files(
+    tmp_path, capsys, key_file, small_folder, harm):
+  out_dir = tmp_path / "enc"
+  argv = ("encrypt", f"--key={key_file}", f"--source=folder:{small_folder}",
+          "--split=train", f"--out={out_dir}", "--no_progress")
+  assert run(capsys, *argv)[0] == 0
+  files = [p for p in _files(out_dir) if p.endswith(".jpg")]
+  good = {p: open(p, "rb").read() for p in files}
+  victim = files[4]
+  if harm == "truncate":
+    with open(victim, "r+b") as f:
+      f.truncate(475)
+  elif harm == "damage":
+    _damage(victim)
+  else:  # a crash between writing the file and recording its hash
+    manifest = encrypted_dataset.read_manifest(out_dir)
+    manifest["splits"]["train"]["complete"] = False
+    manifest["splits"]["train"]["sha256"][4] = None
+    encrypted_dataset.write_manifest(out_dir, manifest)
+    with open(victim, "r+b") as f:
+      f.truncate(475)
+  status, out, err = run(capsys, *argv)
+  assert status == 0, err
+  assert "train: 1 written, 5 already done, 0 failed" in out
+  assert "redone" in err and (victim in err or harm == "unhashed")
+  assert {p: open(p, "rb").read() for p in files} == good
+  assert run(capsys, "verify", f"--out={out_dir}")[0] == 0
+
+
+def test_verify_reports_damaged_missing_and_unhashed_files(
+    tmp_path, capsys, key_file, small_folder):
+  out_dir = tmp_path / "enc"
+  assert run(capsys, "encrypt", f"--key={key_file}",
+             f"--source=folder:{small_folder}", "--split=train,val",
+             f"--out={out_dir}", "--no_progress")[0] == 0
+  status, out, _ = run(capsys, "verify", f"--out={out_dir}")
+  assert status == 0
+  assert "train: 6 of 6 files checked (complete), 0 problems" in out
+  files = sorted(p for p in _files(out_dir / "val") if p.endswith(".jpg"))
+  _damage(files[0])
+  os.remove(files[5])
+  status, out, err = run(capsys, "verify", f"--out={out_dir}")
+  assert status == 1
+  assert "val: 5 of 6 files checked (complete), 2 problems" in out
+  assert f"{files[0]} is damaged" in err and "is missing" in err
+  status, out, _ = run(capsys, "verify", f"--out={out_dir}", "--split=train")
+  assert status == 0 and "val" not in out
+
+
+def test_dataset_without_hashes_is_upgraded_by_verify_or_re_encrypting(
+    tmp_path, capsys, key_file, small_folder):
+  out_dir = tmp_path / "enc"
+  argv = ("encrypt", f"--key={key_file}", f"--source=folder:{small_folder}",
+          "--split=val", f"--out={out_dir}", "--no_progress")
+  assert run(capsys, *argv)[0] == 0
+  current = encrypted_dataset.read_manifest(out_dir)
+
+  def make_legacy():
+    manifest = encrypted_dataset.read_manifest(out_dir)
+    manifest["format"] = "etcjax.encrypted_dataset.v1"
+    del manifest["splits"]["val"]["sha256"]
+    encrypted_dataset.write_manifest(out_dir, manifest)
+
+  make_legacy()
+  status, out, err = run(capsys, "verify", f"--out={out_dir}")
+  assert status == 1 and "no recorded hashes" in out and "--add_hashes" in out
+  status, out, err = run(capsys, "verify", f"--out={out_dir}", "--add_hashes")
+  assert status == 0, err
+  assert encrypted_dataset.read_manifest(out_dir) == current
+  # Or re-running encrypt: every unhashed file is re-written and hashed.
+  make_legacy()
+  status, out, err = run(capsys, *argv)
+  assert status == 0 and "val: 6 written, 0 already done" in out
+  assert encrypted_dataset.read_manifest(out_dir) == current
+
+
 def test_refuses_to_mix_keys_or_settings_without_overwrite(
     tmp_path, capsys, key_file, small_folder):
   out_dir = tmp_path / "enc"
@@ -435,6 +554,7 @@ def test_image_size_must_fit_the_block_size_unless_resized(
                        f"--source=folder:{other}", "--split=val",
                        f"--out={tmp_path / 'enc2'}", "--no_progress")
   assert status == 1 and "(160, 160, 3)" in err and "--resize" in err
+  assert f"source image {victim} has shape" in err  # named by its source file
 
 
 @pytest.mark.parametrize("flags,match", [

@@ -245,9 +245,9 @@ def write_split(split: plain_sources.SourceSplit, out: str,
           image = plain_sources.resize(image, image_shape[:2])
         if image.shape != tuple(image_shape):
           raise ValueError(
-              f"image {split.name}[{i}] ({paths[i]} when encrypted) has shape "
-              f"{image.shape}; this dataset's images are {tuple(image_shape)} "
-              "(pass --resize=H,W to resize every image)")
+              f"{split.source_name(int(i))} has shape {image.shape}; this "
+              f"dataset's images are {tuple(image_shape)} (pass --resize=H,W "
+              "to resize every image)")
       except ValueError as e:
         failures.append((int(i), str(e)))
         continue
@@ -388,13 +388,24 @@ def encrypt_dataset(source: plain_sources.Source, out: str,
     raise FileExistsError(f"--out {out} exists and is not a folder")
   new = dict(manifest)
   image_shape = tuple(new["image_shape"])
-  results = {}
+  results, notes = {}, {}
   with locked(out):
     splits = reconcile_out_dir(out, new, overwrite)
     for split in source.splits:
       old = splits.get(split.name)
       if (old is not None and old.get("source_digest") != split.digest
-          and not overwrite):
+          and not overwrite and not old["complete"]):
+        # An unfinished split whose source list changed (e.g. a bad image
+        # was removed, as the failure message advises): its files have the
+        # old indices, and nothing complete is lost by starting it over.
+        shutil.rmtree(os.path.join(out, split.name), ignore_errors=True)
+        old = None
+        notes[split.name] = (
+            f"the source file list of split {split.name!r} changed since the "
+            "unfinished run, so image indices moved: the split was started "
+            "over")
+      elif (old is not None and old.get("source_digest") != split.digest
+            and not overwrite):
         raise FileExistsError(
             f"split {split.name!r} in {out} was encrypted from another "
             f"list of source files than {source.spec}/{split.name} now holds "
@@ -424,6 +435,8 @@ def encrypt_dataset(source: plain_sources.Source, out: str,
       if not result.failures:
         new["splits"][split.name]["complete"] = True
       encrypted_dataset.write_manifest(out, new)
+      if split.name in notes:
+        result.redone.insert(0, notes[split.name])
       results[split.name] = result
       if on_split is not None:
         on_split(split.name, result)

@@ -33,12 +33,21 @@ class SourceSplit:
     digest: for image folders, a hash of the split's file list: image
       indices are positions in it, so files written from another list must
       not be reused. None for tfds (fixed by the dataset version).
+    describe: `index -> str` naming the image in messages (folders: its
+      source file); None: "image <split>[<index>]".
   """
 
   name: str
   labels: np.ndarray
   read: Callable[[int], np.ndarray]
   digest: Optional[str] = None
+  describe: Optional[Callable[[int], str]] = None
+
+  def source_name(self, index: int) -> str:
+    """How messages name image `index`: its source file, or split[index]."""
+    if self.describe is not None:
+      return self.describe(index)
+    return f"image {self.name}[{index}]"
 
   def __len__(self) -> int:
     return len(self.labels)
@@ -70,8 +79,9 @@ def _open_tfds(name: str, splits: Sequence[str], data_dir: Optional[str],
   for split in splits:
     images, labels, names = tfds_source.load_tfds(
         name, f"{split}[:{limit}]" if limit else split, data_dir)
-    opened.append(SourceSplit(split, labels,
-                              lambda i, images=images: images[i]))
+    opened.append(SourceSplit(
+        split, labels, lambda i, images=images: images[i],
+        describe=lambda i, split=split: f"image {name} {split}[{i}]"))
   version = str(tfds_source.version(name, data_dir))
   return {"kind": "tfds", "name": name, "version": version}, names, opened
 
@@ -92,7 +102,8 @@ def _open_folder(root: str, splits: Sequence[str], limit: Optional[int]
     opened.append(SourceSplit(
         split, folder.labels[:len(paths)],
         lambda i, paths=paths: image_folder.read_image(paths[i]),
-        hashlib.sha256(listing.encode("utf-8")).hexdigest()[:16]))
+        hashlib.sha256(listing.encode("utf-8")).hexdigest()[:16],
+        describe=lambda i, paths=paths: f"source image {paths[i]}"))
   name = os.path.basename(os.path.normpath(os.path.abspath(root)))
   return {"kind": "folder", "name": name}, names, opened
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import os
 import re
 from typing import Dict, List, Optional, Tuple
@@ -135,9 +136,9 @@ class Source:
       EtC datasets).
     image_shape: `(H, W, C)` of every image when known to be fixed, else
       None (image folders may mix sizes).
-    hashes: for encrypted datasets, `[N]` hex SHA-256 of every file as
-      written (`encrypted_dataset.file_hash`); files are then read with
-      `read_verified`, which refuses a file whose bytes differ.
+    hashes: for encrypted datasets, object `[N]` of 32-byte SHA-256
+      digests of every file as written (`encrypted_dataset.file_hash`);
+      the pipeline then checks each batch's files (`check_hashes`).
   """
 
   labels: np.ndarray
@@ -153,33 +154,37 @@ class Source:
   def __len__(self) -> int:
     return len(self.labels)
 
-  def read_verified(self, index: np.ndarray) -> np.ndarray:
-    """Reads some files in Python and checks them against `hashes`.
+  def check_hashes(self, data: np.ndarray, expected: np.ndarray) -> np.bool_:
+    """Checks a batch of file contents against their recorded digests.
 
-    One call per batch: hashing costs microseconds per file, a Python call
-    per example in tf.data would cost far more.
+    Args:
+      data: object `[n]`, the files' bytes.
+      expected: object `[n]`, their 32-byte SHA-256 digests from `hashes`.
+
+    Returns:
+      bool: every file matches (the pipeline names a damaged one with
+      `read_verified`).
+    """
+    return np.bool_(all(hashlib.sha256(d).digest() == h
+                        for d, h in zip(data, expected)))
+
+  def read_verified(self, index: np.ndarray) -> None:
+    """Reads some files and checks them against `hashes`, for messages.
 
     Args:
       index: int `[n]` positions in this split.
-
-    Returns:
-      object `[n]` array of the files' bytes.
 
     Raises:
       encrypted_dataset.DamagedFileError: a file's bytes differ from its
         recorded hash (the message names the file).
     """
-    out = np.empty(len(index), object)
-    for k, i in enumerate(index):
+    for i in index:
       path = os.fsdecode(self.paths[i])
-      with open(path, "rb") as f:
-        data = f.read()
-      actual = encrypted_dataset.file_hash(data)
-      if actual != self.hashes[i]:
+      actual = encrypted_dataset.hash_file(path)
+      if actual != self.hashes[i].hex():
         raise encrypted_dataset.DamagedFileError(
-            encrypted_dataset.damaged_message(path, self.hashes[i], actual))
-      out[k] = data
-    return out
+            encrypted_dataset.damaged_message(path, self.hashes[i].hex(),
+                                              actual))
 
   def decode(self, path, data=None):
     """Reads and decodes one file in the tf.data graph.
@@ -306,7 +311,8 @@ def load_encrypted_split(root: str, split: str,
                 paths=np.asarray([os.fsencode(p) for p in paths]),
                 decoder=DECODE_JPEG if manifest["codec"] == "jpeg" else DECODE_PNG,
                 channels=shape[-1], image_shape=shape,
-                hashes=np.asarray(hashes, object))
+                hashes=None if hashes is None else np.asarray(
+                    [bytes.fromhex(h) for h in hashes], object))
 
 
 def find_unreadable(paths) -> Optional[str]:

@@ -13,6 +13,10 @@ per image shape and applied with jitted gathers:
     encrypted = encryption.apply(plan, images)   # inside jit too
     plain = encryption.invert(plan, encrypted)
 
+One-shot `encrypt`/`decrypt` keep the plans of the last 8 (key, scheme,
+shape, block size, steps) in memory (indexed by a hash of the key), so
+repeated calls cost about what `apply_numpy` with a prepared plan does.
+
 Numpy batches on the host (the client CLI): `apply_numpy`/`invert_numpy`
 give the same results through a compiled CPU kernel for EtC with 16x16
 blocks (`host_kernel`), 3-4x faster than XLA's gather on a CPU.
@@ -20,6 +24,9 @@ blocks (`host_kernel`), 3-4x faster than XLA's gather on a CPU.
 This package imports nothing else of etcjax.
 """
 
+import collections
+import hashlib
+import threading
 from typing import Optional, Sequence
 
 import numpy as np
@@ -32,8 +39,43 @@ from etcjax.encryption.keys import (InvalidKeyError, KeyMismatchError,
                                     save_key)
 from etcjax.encryption.host_kernel import apply_numpy, invert_numpy
 from etcjax.encryption.plans import Plan, apply, invert
-from etcjax.encryption.schemes import (SCHEMES, Scheme, get_scheme,
+from etcjax.encryption.schemes import (SCHEMES, DuplicateImageIdsError,
+                                       InvalidStepsError, Scheme, get_scheme,
                                        make_plan)
+
+
+# One-shot `encrypt`/`decrypt` reuse the plans of the last few (key, scheme,
+# shape, ...) they saw, so that the host kernel's tables (cached per plan)
+# are reused too. In memory only; entries are indexed by a SHA-256 of the
+# key, never the key. Per-image-key plans (image_ids) are never cached.
+_PLAN_CACHE_SIZE = 8
+_plan_cache = collections.OrderedDict()
+_plan_cache_lock = threading.Lock()
+
+
+def _cached_plan(key, scheme, image_shape, block_size, steps):
+  key = check_key(key)
+  try:
+    # Types too: 16.0 or True must reach make_plan's refusal, not a plan
+    # cached for 16 or 1.
+    ident = (hashlib.sha256(b"etcjax/plan-cache\0" + key).digest(), scheme,
+             type(scheme), tuple(image_shape), block_size, type(block_size),
+             None if steps is None or isinstance(steps, str) else tuple(steps),
+             isinstance(steps, str))
+    hash(ident)
+  except TypeError:  # unhashable arguments: make_plan says what is wrong
+    return make_plan(key, scheme, image_shape, block_size, steps)
+  with _plan_cache_lock:
+    plan = _plan_cache.get(ident)
+    if plan is not None:
+      _plan_cache.move_to_end(ident)
+      return plan
+  plan = make_plan(key, scheme, image_shape, block_size, steps)
+  with _plan_cache_lock:
+    _plan_cache[ident] = plan
+    while len(_plan_cache) > _PLAN_CACHE_SIZE:
+      _plan_cache.popitem(last=False)
+  return plan
 
 
 def _plan_for(images, key, scheme, block_size, steps, image_ids, encrypted):
@@ -47,7 +89,9 @@ def _plan_for(images, key, scheme, block_size, steps, image_ids, encrypted):
           "grayscale-based EtC images have shape [N, H, 3W, 1], got "
           f"{tuple(shape)}")
     h, w, c = h, w // 3, 3
-  return make_plan(key, scheme, (h, w, c), block_size, steps, image_ids)
+  if image_ids is not None:
+    return make_plan(key, scheme, (h, w, c), block_size, steps, image_ids)
+  return _cached_plan(key, scheme, (h, w, c), block_size, steps)
 
 
 def encrypt(images, key: bytes, scheme: str = "etc",
@@ -94,7 +138,8 @@ def decrypt(images, key: bytes, scheme: str = "etc",
 
 
 __all__ = [
-    "InvalidKeyError", "KeyMismatchError", "KeyStream", "Plan", "SCHEMES",
+    "DuplicateImageIdsError", "InvalidKeyError", "InvalidStepsError",
+    "KeyMismatchError", "KeyStream", "Plan", "SCHEMES",
     "Scheme", "apply", "apply_numpy", "check_fingerprint", "check_key",
     "decrypt", "encrypt", "fingerprint", "generate_key", "get_scheme",
     "invert", "invert_numpy", "load_key", "make_plan", "save_key",

@@ -172,6 +172,7 @@ def load_key(path: str | os.PathLike) -> bytes:
 
   Raises:
     FileNotFoundError: the file does not exist.
+    IsADirectoryError: `path` is a folder.
     PermissionError: the file is readable or writable by group or others.
     InvalidKeyError: the file does not hold exactly 64 hex characters.
   """
@@ -182,6 +183,11 @@ def load_key(path: str | os.PathLike) -> bytes:
     raise FileNotFoundError(
         f"key file {path} does not exist (create one with `python -m "
         "etcjax.encrypt keygen --key=PATH`)") from None
+  if stat.S_ISDIR(mode):
+    raise IsADirectoryError(
+        f"key file {path} is a folder, not a key file; pass the path of the "
+        "key file itself (made by `python -m etcjax.encrypt keygen "
+        "--key=PATH`)")
   if mode & (stat.S_IRWXG | stat.S_IRWXO):
     raise PermissionError(
         f"key file {path} is accessible by group or others (mode "

@@ -213,7 +213,20 @@ def _stream(key, scheme, step):
   return keys_lib.KeyStream(key, f"{scheme}/{step}")
 
 
+class InvalidStepsError(ValueError):
+  """`steps` names no step, or steps the scheme does not have."""
+
+
+class DuplicateImageIdsError(ValueError):
+  """'pe_per_image' got an image id twice (two images, one key)."""
+
+
 def _check_steps(scheme: str, steps, known: Tuple[str, ...]) -> frozenset:
+  if steps is not None and not isinstance(steps, str) and not len(steps):
+    # An empty selection would return the plain images: never silently.
+    raise InvalidStepsError(
+        f"steps is empty, so scheme {scheme!r} would not encrypt at all; "
+        f"pass None for all its steps or name some of {list(known)}")
   if isinstance(steps, str):
     raise TypeError(
         f"steps must be a sequence of step names, got the string {steps!r}; "
@@ -221,7 +234,7 @@ def _check_steps(scheme: str, steps, known: Tuple[str, ...]) -> frozenset:
   steps = frozenset(known if steps is None else steps)
   unknown = steps - set(known)
   if unknown:
-    raise SchemeParameterError(
+    raise InvalidStepsError(
         f"unknown steps {sorted(unknown)} for scheme {scheme!r}; its steps "
         f"are {list(known)}")
   return steps
@@ -453,6 +466,13 @@ def build_pe_per_image(key, image_shape, block_size, steps=None,
         "scheme 'pe_per_image' needs image_ids: a non-empty 1-D sequence of "
         "integer image ids, one per image of the batch, got "
         f"{'None' if ids is None else f'{ids.dtype} of shape {ids.shape}'}")
+  unique, counts = np.unique(ids, return_counts=True)
+  if (counts > 1).any():
+    # One key stream on two images leaks their XOR.
+    raise DuplicateImageIdsError(
+        f"scheme 'pe_per_image' got image ids {unique[counts > 1][:5].tolist()}"
+        " more than once; every image of a batch needs its own id (two images "
+        "encrypted with one per-image key leak their XOR)")
   rows = [_pe_arrays(key, f"pe_per_image/{int(i)}", h, w, c, steps)
           for i in ids]
   return plans.make(np.stack([g for g, _ in rows]), np.stack([x for _, x in rows]),

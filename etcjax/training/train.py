@@ -26,6 +26,7 @@ import ml_collections
 import numpy as np
 
 from etcjax import encryption
+from etcjax import files
 from etcjax import models
 from etcjax.data import pipeline
 from etcjax.models import key_adaptation
@@ -339,6 +340,28 @@ def _written_config(config: ml_collections.ConfigDict,
 
 def train_and_evaluate(config: ml_collections.ConfigDict,
                        workdir: str) -> Optional[Dict[str, Any]]:
+  """`_train_and_evaluate` holding the workdir's lock (one run per workdir).
+
+  Two runs in one workdir would interleave checkpoints and event files, so
+  the first process locks a local workdir (`etcjax.files.locked_folder`;
+  the kernel drops the lock of a killed run). Remote workdirs (gs://) are
+  not locked.
+
+  Raises:
+    files.FolderLockedError: another run holds the workdir; the message
+      names its pid and host.
+  """
+  path = os.fspath(workdir)
+  if jax.process_index() != 0 or "://" in path:
+    return _train_and_evaluate(config, workdir)
+  with files.locked_folder(path, "etcjax training run",
+                           "wait for it to finish, or choose another "
+                           "--workdir"):
+    return _train_and_evaluate(config, workdir)
+
+
+def _train_and_evaluate(config: ml_collections.ConfigDict,
+                        workdir: str) -> Optional[Dict[str, Any]]:
   """Trains, evaluates, checkpoints and exports a model.
 
   Resumes from the latest checkpoint in `workdir/checkpoints` if any. At

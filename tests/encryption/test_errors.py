@@ -113,6 +113,29 @@ def test_bad_keys(key):
   assert KEY[:31].hex() not in str(err)
 
 
+@pytest.mark.parametrize("scheme", ["etc", "etc_gray", "block_common", "le",
+                                    "ele", "pe", "pe_per_image"])
+@pytest.mark.parametrize("empty", [[], ()])
+def test_empty_steps_are_refused_not_a_plain_copy(scheme, empty):
+  images = _images((2, 32, 32, 3))
+  kwargs = {"image_ids": [0, 1]} if scheme == "pe_per_image" else {}
+  block = {"le": 4, "ele": 4, "pe": 1, "pe_per_image": 1}.get(scheme)
+  err = _raises(encryption.InvalidStepsError, "steps is empty",
+                encryption.encrypt, images, KEY, scheme, block_size=block,
+                steps=empty, **kwargs)
+  assert repr(scheme) in str(err)
+
+
+def test_duplicate_per_image_ids_are_refused():
+  err = _raises(encryption.DuplicateImageIdsError, r"ids \[3\] more than once",
+                encryption.encrypt, _images((3, 32, 32, 3)), KEY,
+                "pe_per_image", block_size=1, image_ids=[3, 5, 3])
+  assert "XOR" in str(err)
+  with pytest.raises(encryption.DuplicateImageIdsError):
+    encryption.make_plan(KEY, "pe_per_image", (32, 32, 3), 1,
+                         image_ids=np.asarray([7, 7], np.int64))
+
+
 def test_bad_scheme_steps_block_size_and_ids():
   _raises(ValueError, "unknown scheme 'EtC'.*'etc'", encryption.encrypt,
           _images(), KEY, "EtC")
@@ -200,3 +223,26 @@ def test_make_refuses_a_non_permutation():
     _make(gather, (2, 2, 3))
   with pytest.raises(ValueError, match="has 12 values per image"):
     _make(np.arange(12), (4, 4, 3))
+
+
+def test_one_shot_plan_cache_is_bounded_and_holds_no_key():
+  images = np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3), np.uint8)
+  keys = [encryption.generate_key() for _ in range(12)]
+  for key in keys:
+    first = encryption.encrypt(images, key)
+    again = encryption.encrypt(images, key)  # from the cache
+    np.testing.assert_array_equal(first, again)
+    np.testing.assert_array_equal(
+        again, encryption.apply_numpy(
+            encryption.make_plan(key, "etc", (32, 32, 3)), images))
+    np.testing.assert_array_equal(encryption.decrypt(again, key), images)
+  cache = encryption._plan_cache  # pylint: disable=protected-access
+  assert 0 < len(cache) <= 8
+  held = repr(list(cache))
+  for key in keys:
+    assert key.hex() not in held and repr(key) not in held
+    assert all(key not in ident for ident in cache)
+  # A cached plan for block size 16 must not let 16.0 or True through.
+  for bad in (16.0, True):
+    _raises(ValueError, "block_size must be a positive integer",
+            encryption.encrypt, images, keys[-1], block_size=bad)

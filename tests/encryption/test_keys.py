@@ -108,6 +108,11 @@ def test_load_key_refuses_group_or_other_access(tmp_path, mode):
   assert key.hex() not in str(e.value)
 
 
+def test_load_key_on_a_folder_says_it_is_a_folder(tmp_path):
+  with pytest.raises(IsADirectoryError, match=f"{tmp_path} is a folder"):
+    encryption.load_key(tmp_path)
+
+
 def test_load_key_missing(tmp_path):
   with pytest.raises(FileNotFoundError, match="does not exist"):
     encryption.load_key(tmp_path / "nope.key")

@@ -10,6 +10,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from etcjax import encryption
+from etcjax import files
 from etcjax.training import checkpointing
 from etcjax.training import export
 from etcjax.training import train
@@ -90,6 +91,20 @@ def test_key_never_written_to_workdir(straight_run, key_file):
       assert not any(n in content for n in needles), os.path.join(root, name)
       checked += 1
   assert checked > 10
+
+
+def test_second_run_into_a_locked_workdir_is_refused_naming_the_first(
+    folder, tmp_path):
+  workdir = tmp_path / "run"
+  config = tiny_runs.tiny_config(folder)
+  # The first run, still going (same lock as train_and_evaluate takes).
+  with files.locked_folder(workdir, "etcjax training run", "wait"):
+    with pytest.raises(files.FolderLockedError,
+                       match=rf"another etcjax training run \(pid {os.getpid()}"
+                       rf" on .*\) is writing to {re.escape(str(workdir))}"):
+      train.train_and_evaluate(config, str(workdir))
+    assert os.listdir(workdir) == [files.LOCK_FILE]  # nothing written
+  assert not os.listdir(workdir)  # the lock file goes with the lock
 
 
 def test_killed_and_resumed_run_matches_straight_run(
