@@ -47,37 +47,32 @@ def path_arg(text: str) -> str:
   return resolve_path(text)
 
 
-class DeprecatedAlias(argparse.Action):
-  """An old flag name that still works and warns (argparse action).
-
-      parser.add_argument("--key_file", ...)
-      parser.add_argument("--key", dest="key_file", action=DeprecatedAlias,
-                          new="--key_file", type=path_arg,
-                          help=argparse.SUPPRESS)
-  """
-
-  def __init__(self, option_strings, dest, new: str, **kwargs):
-    self.new = new
-    super().__init__(option_strings, dest, **kwargs)
-
-  def __call__(self, parser, namespace, values, option_string=None):
-    print(f"warning: {option_string} is deprecated, use {self.new}",
-          file=sys.stderr)
-    setattr(namespace, self.dest, values)
-
-
 def add_alias(parser: argparse.ArgumentParser, old: str, new: str,
-              **kwargs) -> None:
-  """Adds `old` as a hidden, warning alias of the flag `new`.
+              **unused_kwargs) -> None:
+  """Makes `old` a second name of the flag `new` that warns when used.
+
+  The alias is an option string of the same argparse action, so a required
+  `new` is satisfied by `old` and both share type and default; `--help`
+  lists it next to the new name.
 
   Args:
-    parser: the (sub)parser that defines `new`.
+    parser: the (sub)parser that already defines `new`.
     old: e.g. '--key'.
-    new: e.g. '--key_file' (its dest is shared).
-    **kwargs: `type` etc., as for `new`.
+    new: e.g. '--key_file'.
   """
-  parser.add_argument(old, dest=new.lstrip("-"), action=DeprecatedAlias,
-                      new=new, help=argparse.SUPPRESS, **kwargs)
+  action = parser._option_string_actions[new]  # pylint: disable=protected-access
+  base = type(action)
+
+  class _WarnsOnOldName(base):  # pylint: disable=missing-class-docstring
+
+    def __call__(self, parser, namespace, values, option_string=None):
+      if option_string == old:
+        print(f"warning: {old} is deprecated, use {new}", file=sys.stderr)
+      super().__call__(parser, namespace, values, option_string)
+
+  action.__class__ = _WarnsOnOldName
+  action.option_strings.append(old)
+  parser._option_string_actions[old] = action  # pylint: disable=protected-access
 
 
 def user_errors() -> Tuple[Type[BaseException], ...]:
