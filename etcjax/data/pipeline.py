@@ -408,10 +408,10 @@ def _example_fn(s: _Settings, source: sources.Source, train: bool,
   # AutoGraph's source conversion saves seconds per pipeline.
   @tf.autograph.experimental.do_not_convert
   def fn(example):
+    data = None
     if source.images is not None:
       image = example["image"]
     else:
-      data = None
       if source.hashes is not None:
         data = tf.io.read_file(example["path"])
       image = source.decode(example["path"], data)

@@ -134,3 +134,23 @@ def test_image_path_and_list_images(tmp_path):
     encrypted_dataset.list_images(tmp_path, manifest, "train")
   with pytest.raises(ValueError, match="incomplete"):
     encrypted_dataset.list_images(tmp_path, manifest, "test")
+
+
+def test_file_hashes_are_validated(tmp_path):
+  good = ["ab" * 32] * 3
+  encrypted_dataset.write_manifest(tmp_path, _manifest(splits={
+      "train": {"count": 3, "complete": True, "sha256": good}}))
+  for entry, match in (
+      ({"count": 3, "complete": True, "sha256": good[:2]}, "must list 3"),
+      ({"count": 3, "complete": False, "sha256": ["xy"] * 3}, "must list 3"),
+      ({"count": 3, "complete": True, "sha256": good[:2] + [None]},
+       "marked complete but 1 of its files have no recorded hash")):
+    with pytest.raises(encrypted_dataset.ManifestError, match=match):
+      _manifest(splits={"train": entry})
+  # A split written before hashes existed is valid but not verifiable.
+  manifest = _manifest()
+  with pytest.raises(encrypted_dataset.UnverifiableDatasetError,
+                     match="no per-file hashes"):
+    encrypted_dataset.split_hashes(tmp_path, manifest, "train", [0])
+  assert encrypted_dataset.split_hashes(tmp_path, manifest, "train", [0],
+                                        required=False) is None
