@@ -84,7 +84,7 @@ def _load_key(config: ml_collections.ConfigDict) -> bytes:
       f"config.encryption.scheme={enc.scheme!r} with dataset "
       f"{config.dataset!r} encrypts on the fly and needs "
       "config.encryption.key_file (make one with `python -m etcjax.encrypt "
-      "keygen --key=PATH`), or train on a dataset encrypted on disk "
+      "keygen --key_file=PATH`), or train on a dataset encrypted on disk "
       "(config.dataset='encrypted')")
 
 
