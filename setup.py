@@ -32,6 +32,9 @@ EXTRAS = {
     # jax-cuda12-pjrt 0.10.2 with CUDA 12 from pip wheels).
     "tpu": ["jax[tpu]==0.10.2"],
     "cuda": ["jax[cuda12]==0.10.2"],
+    # Viewing the training logs (WORKDIR/tensorboard); writing them needs
+    # only TensorFlow.
+    "tensorboard": ["tensorboard==2.21.0"],
 }
 
 setuptools.setup(

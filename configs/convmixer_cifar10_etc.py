@@ -10,8 +10,8 @@ plain images, stay on.
 
 Train on a dataset encrypted on disk by the data owner (no key needed):
 
-    python -m etcjax.encrypt keygen --key=owner.key
-    python -m etcjax.encrypt encrypt --key=owner.key --scheme=etc \
+    python -m etcjax.encrypt keygen --key_file=owner.key
+    python -m etcjax.encrypt encrypt --key_file=owner.key --scheme=etc \
         --block_size=16 --source=tfds:cifar10 --split=train,test \
         --out=cifar10_etc --format=png
     python -m etcjax.main --config=configs/convmixer_cifar10_etc.py \

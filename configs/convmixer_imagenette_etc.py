@@ -5,7 +5,7 @@ The recipe of `convmixer_imagenette_plain.py` on EtC images (block size
 plain-domain augmentation. Images are resized to 224x224 by the data owner
 before encryption.
 
-    python -m etcjax.encrypt encrypt --key=owner.key --scheme=etc \
+    python -m etcjax.encrypt encrypt --key_file=owner.key --scheme=etc \
         --block_size=16 --source=folder:/path/to/imagenette2 \
         --split=train,val --resize=224,224 --out=imagenette_etc --format=png
     python -m etcjax.main --config=configs/convmixer_imagenette_etc.py \

@@ -14,13 +14,13 @@ encrypted fine-tuning is the plain one in disguise: the recipe of
 the fly; plain-domain augmentation (the flip) is off, as in `vit_etc.py`.
 
     gsutil cp gs://vit_models/imagenet21k/ViT-B_16.npz ~/vit_models/imagenet21k/
-    python -m etcjax.encrypt keygen --key=owner.key
+    python -m etcjax.encrypt keygen --key_file=owner.key
     python -m etcjax.main --config=configs/vit_adapted.py \
         --config.encryption.key_file=owner.key --workdir=/tmp/vit_adapted
 
 SECURITY: the fine-tuned model and the public ImageNet-21k weights together
 reveal the key's block order and in-block transform (compare the kernels;
-`python -m etcjax.adapt key_recovery` does it). The export is marked so and
+`python -m etcjax.evaluate adapted_key_recovery` does it). The export is marked so and
 a warning is logged; keep it private if the key must stay secret.
 
 Variants (`--config=...py:VARIANT`, comma-separated):

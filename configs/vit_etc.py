@@ -7,8 +7,8 @@ EtC at block size 16 = the ViT patch size. Plain-domain augmentation (the
 random flip) is off: the cloud only sees encrypted images.
 
     gsutil cp gs://vit_models/imagenet21k/ViT-B_16.npz ~/vit_models/imagenet21k/
-    python -m etcjax.encrypt keygen --key=owner.key
-    python -m etcjax.encrypt encrypt --key=owner.key --scheme=etc \
+    python -m etcjax.encrypt keygen --key_file=owner.key
+    python -m etcjax.encrypt encrypt --key_file=owner.key --scheme=etc \
         --block_size=16 --source=tfds:cifar10 --split=train,test \
         --resize=224,224 --out=cifar10_etc_224 --format=png
     python -m etcjax.main --config=configs/vit_etc.py \

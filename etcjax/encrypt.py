@@ -1,13 +1,13 @@
 r"""Client-side CLI of the data owner: make a key, encrypt a dataset, decrypt it.
 
-    python -m etcjax.encrypt keygen --key=owner.key
-    python -m etcjax.encrypt encrypt --key=owner.key --scheme=etc \
+    python -m etcjax.encrypt keygen --key_file=owner.key
+    python -m etcjax.encrypt encrypt --key_file=owner.key --scheme=etc \
         --block_size=16 --source=tfds:cifar10 --split=train,test \
         --out=cifar10_etc --format=jpeg --quality=85 --subsampling=4:2:0
-    python -m etcjax.encrypt encrypt --key=owner.key \
+    python -m etcjax.encrypt encrypt --key_file=owner.key \
         --source=folder:imagenette_224 --split=train,val --resize=224,224 \
         --out=imagenette_etc --format=png
-    python -m etcjax.encrypt decrypt --key=owner.key --in=cifar10_etc \
+    python -m etcjax.encrypt decrypt --key_file=owner.key --in=cifar10_etc \
         --out=cifar10_plain
     python -m etcjax.encrypt verify --out=cifar10_etc
 
@@ -60,6 +60,7 @@ from typing import List, Optional, Sequence, Tuple
 import jax
 import numpy as np
 
+from etcjax import command_line
 from etcjax import encryption
 from etcjax import files
 from etcjax.data import encrypted_dataset
@@ -107,21 +108,29 @@ def _parse_size(text: str) -> Tuple[int, int]:
   return h, w
 
 
+def _source_spec(spec: str) -> str:
+  """`folder:ROOT` with ROOT resolved (relative and `~` paths)."""
+  kind, sep, root = spec.partition(":")
+  if sep and kind == "folder":
+    return f"folder:{command_line.resolve_path(root)}"
+  return spec
+
+
 def _csv(text: str) -> List[str]:
   return [v.strip() for v in text.split(",") if v.strip()]
 
 
 def cmd_keygen(args) -> int:
   """Writes a new key file (mode 0600) and prints its fingerprint."""
-  fp = encryption.save_key(args.key, encryption.generate_key(),
+  fp = encryption.save_key(args.key_file, encryption.generate_key(),
                            overwrite=args.overwrite)
-  print(f"wrote key file {args.key} (mode 0600); key fingerprint {fp}")
+  print(f"wrote key file {args.key_file} (mode 0600); key fingerprint {fp}")
   return 0
 
 
 def cmd_encrypt(args) -> int:
   """Encrypts the splits of a source into an encrypted dataset."""
-  key = encryption.load_key(args.key)
+  key = encryption.load_key(args.key_file)
   spec = encryption.get_scheme(args.scheme)
   block_size = spec.default_block_size if args.block_size is None else args.block_size
   steps = _csv(args.steps) if args.steps else None
@@ -135,8 +144,9 @@ def cmd_encrypt(args) -> int:
   else:
     quality = None
 
-  source = plain_sources.open_source(args.source, _csv(args.split),
-                                     args.tfds_data_dir, args.limit)
+  source = plain_sources.open_source(_source_spec(args.source),
+                                     _csv(args.split), args.data_dir,
+                                     args.limit)
   if args.resize:
     image_shape = tuple(args.resize) + (3,)
   else:
@@ -187,7 +197,7 @@ def cmd_encrypt(args) -> int:
 
 def cmd_decrypt(args) -> int:
   """Decrypts an encrypted dataset into a plain PNG image folder."""
-  key = encryption.load_key(args.key)
+  key = encryption.load_key(args.key_file)
   manifest = encrypted_dataset.read_manifest(args.in_dir)
   encryption.check_fingerprint(key, manifest["key_fingerprint"],
                                f"the encrypted dataset {args.in_dir}")
@@ -276,7 +286,10 @@ def _parser() -> argparse.ArgumentParser:
       "keygen", help="write a new secret key file (mode 0600)",
       description="Writes a new 32-byte key from the OS CSPRNG to --key "
       "(mode 0600) and prints only its fingerprint.")
-  keygen.add_argument("--key", required=True, help="key file to create")
+  path = command_line.path_arg
+  keygen.add_argument("--key_file", required=True, type=path,
+                      help="key file to create")
+  command_line.add_alias(keygen, "--key", "--key_file", type=path)
   keygen.add_argument("--overwrite", action="store_true",
                       help="replace an existing key file (images encrypted "
                       "with the old key can then no longer be decrypted)")
@@ -286,7 +299,9 @@ def _parser() -> argparse.ArgumentParser:
       "encrypt", help="encrypt a dataset into OUT/<split>/<class>/*.jpg|png",
       description="Encrypts the images of a tfds dataset or image folder "
       "with a key; resumable. See `python -m etcjax.encrypt --help`.")
-  enc.add_argument("--key", required=True, help="key file (from keygen)")
+  enc.add_argument("--key_file", required=True, type=path,
+                   help="key file (from keygen)")
+  command_line.add_alias(enc, "--key", "--key_file", type=path)
   enc.add_argument("--scheme", default="etc",
                    choices=sorted(encryption.SCHEMES),
                    help="encryption scheme (default: etc)")
@@ -301,9 +316,13 @@ def _parser() -> argparse.ArgumentParser:
                    "(ROOT/<split>/<class>/<image>)")
   enc.add_argument("--split", required=True,
                    help="comma-separated split names, e.g. train,test")
-  enc.add_argument("--tfds_data_dir", default=None,
-                   help="tfds data_dir (default: tfds' own default)")
-  enc.add_argument("--out", required=True, help="output dataset folder")
+  enc.add_argument("--data_dir", default=None, type=path,
+                   help="tfds data_dir of a tfds:NAME source (default: "
+                   "tfds' own, $TFDS_DATA_DIR or ~/tensorflow_datasets; "
+                   "nothing is downloaded)")
+  command_line.add_alias(enc, "--tfds_data_dir", "--data_dir", type=path)
+  enc.add_argument("--out", required=True, type=path,
+                   help="output dataset folder")
   enc.add_argument("--format", choices=sorted(jpeg.CODECS), default="jpeg",
                    help="jpeg (lossy, default) or png (lossless)")
   enc.add_argument("--quality", type=int, default=None,
@@ -323,10 +342,12 @@ def _parser() -> argparse.ArgumentParser:
       "decrypt", help="decrypt an encrypted dataset into PNG image folders",
       description="Decrypts OUT/<split>/<class>/*.png from an encrypted "
       "dataset; the key must match the manifest's fingerprint.")
-  dec.add_argument("--key", required=True, help="key file")
-  dec.add_argument("--in", dest="in_dir", required=True,
+  dec.add_argument("--key_file", required=True, type=path, help="key file")
+  command_line.add_alias(dec, "--key", "--key_file", type=path)
+  dec.add_argument("--in", dest="in_dir", required=True, type=path,
                    help="encrypted dataset folder")
-  dec.add_argument("--out", required=True, help="output image folder")
+  dec.add_argument("--out", required=True, type=path,
+                   help="output image folder")
   dec.add_argument("--split", default=None,
                    help="comma-separated splits (default: all)")
   _add_run_flags(dec, "replace existing output splits")
@@ -338,7 +359,7 @@ def _parser() -> argparse.ArgumentParser:
       description="Re-hashes every file of an encrypted dataset (no key "
       "needed) and reports missing, damaged or truncated files; exit status "
       "1 when any is found or a split is incomplete.")
-  ver.add_argument("--out", required=True,
+  ver.add_argument("--out", required=True, type=path,
                    help="the encrypted dataset folder (as given to encrypt)")
   ver.add_argument("--split", default=None,
                    help="comma-separated splits (default: all)")
@@ -359,19 +380,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     argv: arguments after the program name (None: `sys.argv[1:]`).
 
   Returns:
-    Exit status: 0 success, 1 error or failed images (argparse exits with 2
-    on usage errors).
+    Exit status: 0 success, 1 error or failed images (one line on stderr),
+    2 usage errors.
   """
+  # The plain-source and JPEG checks still raise plain ValueErrors about
+  # the command's flags; they are reported as one line too. Messages of
+  # etcjax never contain the key; they name files and values.
+  return command_line.run(_main, argv, extra_errors=(ValueError, OSError))
+
+
+def _main(argv: Optional[Sequence[str]]) -> int:
   args = _parser().parse_args(argv)
   if getattr(args, "workers", 1) < 1:
-    print(f"error: --workers must be >= 1, got {args.workers}", file=sys.stderr)
-    return 2
-  try:
-    return args.fn(args)
-  except (ValueError, OSError, files.FolderLockedError) as e:
-    # Messages of etcjax never contain the key; they name files and values.
-    print(f"error: {e}", file=sys.stderr)
-    return 1
+    raise command_line.UsageError(
+        f"--workers must be >= 1, got {args.workers}")
+  return args.fn(args)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,10 @@ r"""CLI of the evaluation suite: everything measured besides accuracy.
     python -m etcjax.evaluate brute_force --image_sizes=32,224 --out=RUN
     python -m etcjax.evaluate accuracy --export=WORKDIR/export \
         --key_file=owner.key --dataset=cifar10 --out=RUN
+    python -m etcjax.evaluate adapted_accuracy --plain=PLAIN/export \
+        --adapted=ADAPTED --key_file=owner.key --out=RUN
+    python -m etcjax.evaluate adapted_key_recovery --public=PLAIN/export \
+        --adapted=ADAPTED --key_file=owner.key --out=RUN
     python -m etcjax.evaluate report --out=RUN
     python -m etcjax.evaluate all --size=smoke --out=RUN   # CI: every task
 
@@ -21,8 +25,10 @@ are GPU/TPU work). Data: `--data_dir` is the tfds data_dir of CIFAR-10
 downloaded), `--imagenette_dir` a folder with train/ and val/ class folders.
 
 The secret key: `--key_file` (made with `python -m etcjax.encrypt keygen`),
-or a fresh random key per run; only its fingerprint is recorded. Errors exit
-with status 1 and a message, usage errors with status 2.
+or a fresh random key per run; only its fingerprint is recorded. Paths may
+be relative or start with `~`. Errors exit with status 1 and a one-line
+message, usage errors with status 2; `python -m etcjax.evaluate TASK --help`
+documents every flag of a task.
 """
 
 from __future__ import annotations
@@ -32,17 +38,19 @@ import dataclasses
 import sys
 from typing import Dict, List, Optional, Sequence, Union
 
+from etcjax import command_line
 from etcjax import encryption
 from etcjax.evaluation import attack_suite
 from etcjax.evaluation import compressibility
 from etcjax.evaluation import report
+from etcjax.evaluation import requests
 from etcjax.evaluation import sources
 from etcjax.evaluation import visual_information
 from etcjax.evaluation.attacks import brute_force
 from etcjax.evaluation.attacks import threat_model
 
 TASKS = ("compressibility", "visual", "attacks", "brute_force", "accuracy",
-         "report", "all")
+         "adapted_accuracy", "adapted_key_recovery", "report", "all")
 
 
 def _names(text: str) -> List[str]:
@@ -89,9 +97,11 @@ def _parser() -> argparse.ArgumentParser:
       description="Evaluation suite of etcjax (see the module docstring).")
   sub = parser.add_subparsers(dest="task", required=True, metavar="TASK",
                               help=" | ".join(TASKS))
+  path = command_line.path_arg
 
   def common(p, datasets=True):
-    p.add_argument("--out", required=True, help="run folder for the results")
+    p.add_argument("--out", required=True, type=path,
+                   help="run folder for the results")
     p.add_argument("--overwrite", action="store_true",
                    help="replace existing results of this task")
     if datasets:
@@ -99,12 +109,10 @@ def _parser() -> argparse.ArgumentParser:
                      help="smoke: a few hundred images (CI); full: the study")
       p.add_argument("--datasets", type=_names, default=["cifar10"],
                      help=f"comma-separated, from {sorted(sources.DATASETS)}")
-      p.add_argument("--data_dir", default=None,
-                     help="tfds data_dir holding cifar10 (default: tfds')")
-      p.add_argument("--imagenette_dir", default=None,
-                     help="Imagenette folder with train/ and val/")
-      p.add_argument("--key_file", default=None,
+      data_flags(p)
+      p.add_argument("--key_file", default=None, type=path,
                      help="key file (default: a fresh random key)")
+      command_line.add_alias(p, "--key", "--key_file", type=path)
       p.add_argument("--no_progress", action="store_true",
                      help="hide progress bars")
 
@@ -141,7 +149,8 @@ def _parser() -> argparse.ArgumentParser:
 
   p = sub.add_parser("accuracy", help="accuracy under JPEG (Table III)")
   common(p, datasets=False)
-  p.add_argument("--export", required=True, help="export folder of a model")
+  p.add_argument("--export", required=True, type=path,
+                 help="export folder of a model")
   p.add_argument("--dataset", default="cifar10",
                  help="whose test split to use: cifar10 or imagenette")
   p.add_argument("--size", default="smoke", choices=("smoke", "full"),
@@ -150,10 +159,21 @@ def _parser() -> argparse.ArgumentParser:
                  help="test images (default: the size's)")
   p.add_argument("--qualities", type=_qualities, default=[None, 85, 80],
                  help="comma-separated JPEG QFs; 'none' = uncompressed")
-  p.add_argument("--key_file", default=None, help="the model's key")
-  p.add_argument("--data_dir", default=None)
-  p.add_argument("--imagenette_dir", default=None)
-  p.add_argument("--no_progress", action="store_true")
+  p.add_argument("--key_file", default=None, type=path,
+                 help="the model's key (models of encrypted images)")
+  command_line.add_alias(p, "--key", "--key_file", type=path)
+  data_flags(p)
+  p.add_argument("--no_progress", action="store_true",
+                 help="hide progress bars")
+
+  p = sub.add_parser("adapted_accuracy",
+                     help="a key-adapted model vs its plain origin")
+  adapted_accuracy_flags(p)
+
+  p = sub.add_parser("adapted_key_recovery",
+                     help="the key recovered from an adapted model and the "
+                     "weights it came from")
+  adapted_key_recovery_flags(p)
 
   p = sub.add_parser("report", help="gather a run folder into report.md")
   common(p, datasets=False)
@@ -161,8 +181,83 @@ def _parser() -> argparse.ArgumentParser:
   p = sub.add_parser("all", help="every task but accuracy, then the report")
   common(p)
   _attack_flags(p, schemes=False)
-  p.add_argument("--workers", type=int, default=2)
+  p.add_argument("--workers", type=int, default=2,
+                 help="compressibility: coding processes (default 2)")
   return parser
+
+
+def data_flags(p: argparse.ArgumentParser) -> None:
+  """Where the datasets are: --data_dir (alias --tfds_data_dir) and
+  --imagenette_dir."""
+  path = command_line.path_arg
+  p.add_argument("--data_dir", default=None, type=path,
+                 help="tfds data_dir holding cifar10 (default: tfds' own, "
+                 "$TFDS_DATA_DIR or ~/tensorflow_datasets; nothing is "
+                 "downloaded)")
+  command_line.add_alias(p, "--tfds_data_dir", "--data_dir", type=path)
+  p.add_argument("--imagenette_dir", default=None, type=path,
+                 help="Imagenette folder with train/ and val/ class folders")
+
+
+def adapted_accuracy_flags(p: argparse.ArgumentParser) -> None:
+  """Flags of the adapted_accuracy task (shared with `evaluate`)."""
+  path = command_line.path_arg
+  p.add_argument("--plain", required=True, type=path,
+                 help="plain-image model export")
+  p.add_argument("--adapted", required=True, type=path,
+                 help="its adapted export")
+  p.add_argument("--key_file", required=True, type=path,
+                 help="the adapted model's key")
+  command_line.add_alias(p, "--key", "--key_file", type=path)
+  p.add_argument("--dataset", default="cifar10",
+                 help="whose test split: cifar10 (default) or imagenette")
+  p.add_argument("--data_dir", default=None, type=path,
+                 help="tfds data_dir holding cifar10 (default: tfds')")
+  command_line.add_alias(p, "--tfds_data_dir", "--data_dir", type=path)
+  p.add_argument("--limit", type=int, default=None,
+                 help="first N test images (default: all)")
+  p.add_argument("--out", required=True, type=path,
+                 help="run folder for the results")
+  p.add_argument("--overwrite", action="store_true",
+                 help="replace existing results of this task")
+  p.add_argument("--no_progress", action="store_true",
+                 help="hide progress bars")
+
+
+def adapted_key_recovery_flags(p: argparse.ArgumentParser) -> None:
+  """Flags of the adapted_key_recovery task (shared with `evaluate`)."""
+  path = command_line.path_arg
+  p.add_argument("--public", required=True, type=path,
+                 help="the weights it was adapted from: export, orbax "
+                 "checkpoint or vit_jax .npz")
+  p.add_argument("--adapted", required=True, type=path,
+                 help="the adapted export")
+  p.add_argument("--key_file", default=None, type=path,
+                 help="the true key, only to score the recovery")
+  command_line.add_alias(p, "--key", "--key_file", type=path)
+  p.add_argument("--out", required=True, type=path,
+                 help="run folder for the results")
+  p.add_argument("--overwrite", action="store_true",
+                 help="replace existing results of this task")
+
+
+def run_adapted_accuracy(args) -> None:
+  """Runs the adapted_accuracy task from parsed `adapted_accuracy_flags`."""
+  from etcjax.evaluation import adapted_accuracy  # pylint: disable=g-import-not-at-top
+  adapted_accuracy.run(args.plain, args.adapted, encryption.load_key(args.key_file),
+          args.out, dataset=args.dataset, data_dir=args.data_dir,
+          limit=args.limit, overwrite=args.overwrite,
+          progress=not args.no_progress)
+
+
+def run_adapted_key_recovery(args) -> None:
+  """Runs the adapted_key_recovery task from parsed
+  `adapted_key_recovery_flags`."""
+  from etcjax.evaluation import adapted_key_recovery  # pylint: disable=g-import-not-at-top
+  adapted_key_recovery.run(args.public, args.adapted, args.out,
+               key=(encryption.load_key(args.key_file)
+                    if args.key_file else None),
+               overwrite=args.overwrite)
 
 
 def _attack_flags(p, schemes=True):
@@ -222,7 +317,7 @@ def _check_datasets(args) -> None:
   for dataset in args.datasets:
     sources.check_dataset(dataset)
   if "imagenette" in args.datasets and not args.imagenette_dir:
-    raise ValueError(
+    raise requests.RequestError(
         "dataset 'imagenette' needs --imagenette_dir: a folder with train/ "
         "and val/ sub-folders of class folders")
 
@@ -235,6 +330,12 @@ def _run(args) -> None:
   if args.task == "brute_force":
     print(brute_force.run(args.out, args.image_sizes, args.schemes,
                           args.overwrite))
+    return
+  if args.task == "adapted_accuracy":
+    run_adapted_accuracy(args)
+    return
+  if args.task == "adapted_key_recovery":
+    run_adapted_key_recovery(args)
     return
   if args.task == "accuracy":
     from etcjax.evaluation import accuracy  # pylint: disable=g-import-not-at-top
@@ -280,12 +381,11 @@ def _run(args) -> None:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
   """Runs the CLI; returns the exit status."""
-  args = _parser().parse_args(argv)
-  try:
-    _run(args)
-  except (ValueError, TypeError, OSError, ImportError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 1
+  return command_line.run(_main, argv)
+
+
+def _main(argv: Optional[Sequence[str]]) -> int:
+  _run(_parser().parse_args(argv))
   return 0
 
 

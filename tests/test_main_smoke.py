@@ -53,11 +53,11 @@ def test_encrypt_train_kill_resume_export_predict(tfds_data_dir, tmp_path):
   key = str(tmp_path / "owner.key")
   data = str(tmp_path / "cifar10_etc")
   workdir = str(tmp_path / "work")
-  status, _, err = _cli(encrypt_cli.main, ["keygen", f"--key={key}"])
+  status, _, err = _cli(encrypt_cli.main, ["keygen", f"--key_file={key}"])
   assert status == 0, err
   status, _, err = _cli(encrypt_cli.main, [
-      "encrypt", f"--key={key}", "--scheme=etc", "--block_size=16",
-      "--source=tfds:cifar10", f"--tfds_data_dir={tfds_data_dir}",
+      "encrypt", f"--key_file={key}", "--scheme=etc", "--block_size=16",
+      "--source=tfds:cifar10", f"--data_dir={tfds_data_dir}",
       "--split=train,test", f"--limit={LIMIT}", "--format=png",
       f"--out={data}", "--no_progress"])
   assert status == 0, err
@@ -105,7 +105,7 @@ def test_encrypt_train_kill_resume_export_predict(tfds_data_dir, tmp_path):
         data, "test", names[ex["label"]], f"{i:06d}.png"))
   export = os.path.join(workdir, "export")
   status, with_key, err = _cli(predict_cli.main, [
-      f"--export={export}", f"--key={key}", "--json", *plain_files])
+      f"--export={export}", f"--key_file={key}", "--json", *plain_files])
   assert status == 0, err
   status, already, err = _cli(predict_cli.main, [
       f"--export={export}", "--encrypted", "--json", *encrypted_files])
@@ -116,9 +116,9 @@ def test_encrypt_train_kill_resume_export_predict(tfds_data_dir, tmp_path):
                              [r["probabilities"] for r in b], rtol=1e-5)
 
   wrong = str(tmp_path / "wrong.key")
-  assert _cli(encrypt_cli.main, ["keygen", f"--key={wrong}"])[0] == 0
+  assert _cli(encrypt_cli.main, ["keygen", f"--key_file={wrong}"])[0] == 0
   status, _, err = _cli(predict_cli.main, [
-      f"--export={export}", f"--key={wrong}", *plain_files])
+      f"--export={export}", f"--key_file={wrong}", *plain_files])
   assert status == 1
   assert "wrong key" in err
 

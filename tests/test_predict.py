@@ -63,7 +63,7 @@ def test_wrong_or_missing_key_is_refused(trained):
 def test_cli_prints_labels_and_refuses_wrong_key(trained, tmp_path, capsys):
   export_dir, key_file, folder = trained
   files, _ = _test_images(folder)
-  assert predict.main([f"--export={export_dir}", f"--key={key_file}",
+  assert predict.main([f"--export={export_dir}", f"--key_file={key_file}",
                        "--json", files[0], files[-1]]) == 0
   rows = json.loads(capsys.readouterr().out)
   assert [r["path"] for r in rows] == [files[0], files[-1]]
@@ -72,7 +72,7 @@ def test_cli_prints_labels_and_refuses_wrong_key(trained, tmp_path, capsys):
 
   wrong = str(tmp_path / "wrong.key")
   encryption.save_key(wrong, encryption.generate_key())
-  assert predict.main([f"--export={export_dir}", f"--key={wrong}",
+  assert predict.main([f"--export={export_dir}", f"--key_file={wrong}",
                        files[0]]) == 1
   err = capsys.readouterr().err
   assert "wrong key" in err and "fingerprint" in err
@@ -83,10 +83,10 @@ def test_cli_image_size_errors_and_resize(trained, tmp_path, capsys):
   export_dir, key_file, _ = trained
   big = str(tmp_path / "big.png")
   Image.fromarray(np.zeros((48, 40, 3), np.uint8)).save(big)
-  assert predict.main([f"--export={export_dir}", f"--key={key_file}",
+  assert predict.main([f"--export={export_dir}", f"--key_file={key_file}",
                        big]) == 1
   assert "is 40x48, the model needs 32x32" in capsys.readouterr().err
-  assert predict.main([f"--export={export_dir}", f"--key={key_file}",
+  assert predict.main([f"--export={export_dir}", f"--key_file={key_file}",
                        "--resize", big]) == 0
   assert predict.main([f"--export={export_dir}", "--encrypted", "--resize",
                        big]) == 1
@@ -110,3 +110,26 @@ def test_plain_model_refuses_key_and_encrypted_flag():
     classifier.model_inputs(images, encrypted=True)
   with pytest.raises(ValueError, match=r"uint8 \[N, 32, 32, 3\]"):
     classifier.model_inputs(np.zeros((2, 16, 16, 3), np.uint8))
+
+
+def test_cli_old_key_flag_warns_and_usage_errors_exit_2(trained, capsys):
+  export_dir, key_file, folder = trained
+  files, _ = _test_images(folder)
+  assert predict.main([f"--export={export_dir}", f"--key={key_file}",
+                       files[0]]) == 0
+  assert "--key is deprecated, use --key_file" in capsys.readouterr().err
+  assert predict.main([f"--export={export_dir}", f"--key_file={key_file}",
+                       "--encrypted", files[0]]) == 2
+  err = capsys.readouterr().err
+  assert err.count("\n") == 1 and "not both" in err
+  assert predict.main([f"--export={export_dir}", "--no_such_flag",
+                       files[0]]) == 2
+
+
+def test_cli_takes_relative_paths(trained, tmp_path, monkeypatch, capsys):
+  export_dir, key_file, folder = trained
+  files, _ = _test_images(folder)
+  monkeypatch.chdir(os.path.dirname(export_dir))
+  assert predict.main(["--export=export", f"--key_file={key_file}",
+                       os.path.relpath(files[0])]) == 0
+  assert os.path.abspath(files[0]) in capsys.readouterr().out

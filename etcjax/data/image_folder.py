@@ -13,6 +13,8 @@ from typing import List, Sequence
 import numpy as np
 from PIL import Image
 
+from etcjax.data import errors
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".webp", ".tif",
                     ".tiff")
 
@@ -61,7 +63,7 @@ def scan(root: str | os.PathLike,
       d for d in os.listdir(root)
       if os.path.isdir(os.path.join(root, d)) and not d.startswith("."))
   if not class_names:
-    raise ValueError(
+    raise errors.DataError(
         f"image folder {root} has no class sub-folders; expected "
         "root/<class>/<image files>")
   exts = tuple(e.lower() for e in extensions)
@@ -73,7 +75,7 @@ def scan(root: str | os.PathLike,
         paths.append(os.path.join(folder, file))
         labels.append(label)
   if not paths:
-    raise ValueError(
+    raise errors.DataError(
         f"image folder {root} has class folders {class_names[:5]} but no "
         f"images with endings {list(exts)}")
   return ImageFolder(root, paths, np.asarray(labels, np.int32), class_names)
@@ -95,4 +97,4 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     with Image.open(path) as image:
       return np.asarray(image.convert("RGB"), dtype=np.uint8)
   except (OSError, SyntaxError, ValueError) as e:
-    raise ValueError(f"cannot read image {os.fspath(path)}: {e}") from None
+    raise errors.DataError(f"cannot read image {os.fspath(path)}: {e}") from None

@@ -41,6 +41,7 @@ import tensorflow as tf
 from etcjax import encryption
 from etcjax.data import augment
 from etcjax.data import encrypted_dataset
+from etcjax.data import errors
 from etcjax.data import host_encryption
 from etcjax.data import randaugment
 from etcjax.data import sampling
@@ -116,7 +117,7 @@ def _field(config, dotted: str):
     try:
       node = node[part]
     except (KeyError, AttributeError, TypeError):
-      raise ValueError(
+      raise errors.DataError(
           f"the config lacks the field {dotted!r} that the input pipeline "
           "reads (see etcjax.training.default_config)") from None
   return node
@@ -139,38 +140,38 @@ def _settings(config) -> _Settings:
       randaugment=randaugment.parse(get("augment.randaugment") or ""),
       random_erasing=float(get("augment.random_erasing")))
   if not isinstance(s.dataset, str) or not s.dataset:
-    raise ValueError(
+    raise errors.DataError(
         f"config.dataset must be a tfds name, {FOLDER!r} or {ENCRYPTED!r}, got "
         f"{s.dataset!r}")
   if s.dataset in (FOLDER, ENCRYPTED) and not s.data_dir:
-    raise ValueError(
+    raise errors.DataError(
         f"config.dataset={s.dataset!r} needs config.data_dir, the dataset's "
         "root folder")
   for name in ("image_size", "batch_size", "eval_batch_size"):
     value = getattr(s, name)
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-      raise ValueError(f"config.{name} must be a positive integer, got {value!r}")
+      raise errors.DataError(f"config.{name} must be a positive integer, got {value!r}")
   if s.crop not in augment.CROP_MODES:
-    raise ValueError(
+    raise errors.DataError(
         f"config.augment.crop must be one of {augment.CROP_MODES}, got {s.crop!r}")
   if not 0.0 <= s.random_erasing <= 1.0:
-    raise ValueError(
+    raise errors.DataError(
         f"config.augment.random_erasing is a probability in [0, 1], got "
         f"{s.random_erasing}")
   if isinstance(s.seed, bool) or not isinstance(s.seed, int):
-    raise ValueError(f"config.seed must be an integer, got {s.seed!r}")
+    raise errors.DataError(f"config.seed must be an integer, got {s.seed!r}")
   if s.scheme:
     scheme = encryption.get_scheme(s.scheme)  # Raises for unknown schemes.
     if s.block_size is None:
       s = dataclasses.replace(s, block_size=scheme.default_block_size)
   if s.jpeg_quality is not None:
     if not s.scheme:
-      raise ValueError(
+      raise errors.DataError(
           "config.encryption.jpeg_quality is set but config.encryption.scheme "
           "is empty; JPEG compression applies to encrypted images only")
     if isinstance(s.jpeg_quality, bool) or not isinstance(s.jpeg_quality, int) \
         or not 1 <= s.jpeg_quality <= 100:
-      raise ValueError(
+      raise errors.DataError(
           "config.encryption.jpeg_quality must be None or an integer in "
           f"[1, 100], got {s.jpeg_quality!r}")
   return s
@@ -227,11 +228,11 @@ def encryption_plan(config, key: Optional[bytes] = None) -> plans.Plan:
   """
   s = _settings(config)
   if not s.scheme:
-    raise ValueError("config.encryption.scheme is empty: nothing to encrypt")
+    raise errors.DataError("config.encryption.scheme is empty: nothing to encrypt")
   where = "the given key"
   if key is None:
     if not s.key_file:
-      raise ValueError(
+      raise errors.DataError(
           "on-the-fly encryption needs a key: set config.encryption.key_file "
           "(made by `python -m etcjax.encrypt keygen`), or pass an in-memory "
           "key / plan")
@@ -255,20 +256,22 @@ def _read_manifest(s: _Settings, splits: Tuple[str, ...]) -> Dict[str, Any]:
   """Reads an encrypted dataset's manifest and checks it against the config."""
   manifest = encrypted_dataset.read_manifest(s.data_dir)
   for split in splits:
+    # A slice ('train[:2048]') is of the manifest's split 'train'.
+    name = sources.parse_split(split)[0]
     encrypted_dataset.check_manifest(manifest, scheme=s.scheme or None,
                                      block_size=s.block_size,
                                      fingerprint=s.fingerprint or None,
-                                     split=split, root=s.data_dir)
+                                     split=name, root=s.data_dir)
     # Refused up front, not at the first batch: no hashes, no damage check.
-    encrypted_dataset.split_hashes(s.data_dir, manifest, split, [])
+    encrypted_dataset.split_hashes(s.data_dir, manifest, name, [])
   if s.jpeg_quality is not None and manifest["jpeg_quality"] != s.jpeg_quality:
-    raise ValueError(
+    raise errors.DataError(
         f"config.encryption.jpeg_quality is {s.jpeg_quality} but the encrypted "
         f"dataset {s.data_dir} is {manifest['codec']} with quality "
         f"{manifest['jpeg_quality']}; its images are never re-encoded")
   side = manifest["image_shape"][0]
   if s.image_size != side or manifest["image_shape"][1] != side:
-    raise ValueError(
+    raise errors.DataError(
         f"config.image_size is {s.image_size} but the encrypted dataset "
         f"{s.data_dir} holds images encrypted at {manifest['image_shape']}; "
         "encrypted images cannot be resized, set image_size to their size")
@@ -282,7 +285,7 @@ def _read_manifest(s: _Settings, splits: Tuple[str, ...]) -> Dict[str, Any]:
   if s.random_erasing:
     refused.append("augment.random_erasing")
   if refused:
-    raise ValueError(
+    raise errors.DataError(
         f"images of the encrypted dataset {s.data_dir} are encrypted on disk, "
         "so plain-domain augmentation cannot be applied to them; turn off "
         f"{', '.join(refused)} (mixup / CutMix in the train step still work)")
@@ -291,10 +294,14 @@ def _read_manifest(s: _Settings, splits: Tuple[str, ...]) -> Dict[str, Any]:
 
 def _load(s: _Settings, split: str,
           manifest: Optional[Dict[str, Any]]) -> sources.Source:
+  # Folders and encrypted datasets take the same split specs as tfds
+  # ('train[:2048]'): the named split, then its slice.
+  name = sources.parse_split(split)[0]
   if s.dataset == ENCRYPTED:
-    return sources.load_encrypted_split(s.data_dir, split, manifest)
+    return sources.select(
+        sources.load_encrypted_split(s.data_dir, name, manifest), split)
   if s.dataset == FOLDER:
-    return sources.load_folder_split(s.data_dir, split)
+    return sources.select(sources.load_folder_split(s.data_dir, name), split)
   return sources.load_tfds_split(s.dataset, split, s.data_dir)
 
 
@@ -302,7 +309,7 @@ def _check_crop(s: _Settings, source: sources.Source) -> None:
   """Refuses up front what `augment.crop` would refuse per image."""
   if (s.crop == "none" and s.dataset != ENCRYPTED and source.image_shape
       and tuple(source.image_shape[:2]) != (s.image_size, s.image_size)):
-    raise ValueError(
+    raise errors.DataError(
         f"augment.crop='none' needs images of exactly {s.image_size}x"
         f"{s.image_size} (config.image_size; set augment.crop='resize' to "
         f"resize them), but {source.description} has "
@@ -341,13 +348,13 @@ def dataset_info(config) -> DatasetInfo:
   manifest = None
   if s.dataset == ENCRYPTED:
     manifest = _read_manifest(s, (s.train_split, s.eval_split))
-    train = manifest["splits"][s.train_split]["count"]
-    evals = manifest["splits"][s.eval_split]["count"]
+    train, evals = (len(_load(s, split, manifest))
+                    for split in (s.train_split, s.eval_split))
     names = list(manifest["label_names"])
     shape = tuple(manifest["encrypted_shape"])
   elif s.dataset == FOLDER:
-    train_source = sources.load_folder_split(s.data_dir, s.train_split)
-    eval_source = sources.load_folder_split(s.data_dir, s.eval_split)
+    train_source = _load(s, s.train_split, None)
+    eval_source = _load(s, s.eval_split, None)
     _check_same_classes(train_source, eval_source)
     train, evals = len(train_source), len(eval_source)
     names = train_source.label_names
@@ -365,7 +372,7 @@ def dataset_info(config) -> DatasetInfo:
 
 def _check_same_classes(train: sources.Source, evals: sources.Source) -> None:
   if train.label_names != evals.label_names:
-    raise ValueError(
+    raise errors.DataError(
         f"{train.description} and {evals.description} have different class "
         f"folders ({train.label_names[:5]}... vs {evals.label_names[:5]}...); "
         "labels would not match")
@@ -381,7 +388,7 @@ def _host_encryptor(s: _Settings, config, plan: Optional[plans.Plan]
   expected = (s.image_size, s.image_size, 3)
   if (plan.scheme, plan.image_shape, plan.block_size) != (
       s.scheme, expected, s.block_size):
-    raise ValueError(
+    raise errors.DataError(
         f"the plan is for scheme {plan.scheme!r}, block size "
         f"{plan.block_size}, images {plan.image_shape}; the config asks for "
         f"{s.scheme!r}, block size {s.block_size}, images {expected}")
@@ -552,7 +559,7 @@ def _numpy_batches(ds: tf.data.Dataset, source: sources.Source,
                 f"reading {source.description} failed at step {step}: "
                 f"{damaged}") from None
         detail = sources.find_unreadable(source.paths[indices])
-      raise ValueError(
+      raise errors.DataError(
           f"reading {source.description} failed at step {step}: "
           f"{detail or _tf_error_message(e)}") from None
     yield {k: batch[k] for k in keys}
@@ -584,7 +591,7 @@ def train_iterator(config, start_step: int = 0, process_index: int = 0,
   s = _settings(config)
   if isinstance(start_step, bool) or not isinstance(start_step, (int, np.integer)) \
       or start_step < 0:
-    raise ValueError(f"start_step must be an integer >= 0, got {start_step!r}")
+    raise errors.DataError(f"start_step must be an integer >= 0, got {start_step!r}")
   manifest = _read_manifest(s, (s.train_split,)) if s.dataset == ENCRYPTED else None
   source = _load(s, s.train_split, manifest)
   _check_crop(s, source)

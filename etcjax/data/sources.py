@@ -20,12 +20,14 @@ import dataclasses
 import functools
 import hashlib
 import os
+import re
 from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import tensorflow as tf
 
 from etcjax.data import encrypted_dataset
+from etcjax.data import errors
 from etcjax.data import image_folder
 
 # Formats tf.io.decode_image reads; folders with other files (TIFF, PPM)
@@ -37,6 +39,85 @@ DECODE_IMAGE = "image"  # tf.io.decode_image, RGB.
 DECODE_PIL = "pil"  # image_folder.read_image, RGB.
 DECODE_JPEG = "jpeg"  # tf.io.decode_jpeg without fancy upsampling.
 DECODE_PNG = "png"  # tf.io.decode_png.
+
+
+SplitError = errors.SplitError
+
+# 'train', 'train[:2048]', 'test[100:]', 'train[:10%]', 'val[-500:]'.
+_SPLIT = re.compile(r"([\w.-]+)(?:\[(-?\d+%?)?:(-?\d+%?)?\])?")
+
+
+def parse_split(split: str) -> Tuple[str, Optional[Tuple[str, str]]]:
+  """Splits a split spec into its name and its slice bounds.
+
+  Every kind of source reads the same specs: a split name, optionally with
+  a tfds-style slice `[start:stop]` of example counts or percentages
+  (`train[:2048]`, `test[:10%]`, `train[-500:]`).
+
+  Args:
+    split: the spec.
+
+  Returns:
+    `(name, None)` without a slice, else `(name, (start, stop))` with the
+    bounds as written ('' = open).
+
+  Raises:
+    SplitError: a malformed spec.
+  """
+  match = _SPLIT.fullmatch(split.strip()) if isinstance(split, str) else None
+  if match is None:
+    raise errors.SplitError(
+        f"cannot read the split {split!r}: expected a split name, optionally "
+        "with a slice such as 'train[:2048]', 'test[100:]' or 'train[:10%]'")
+  name, start, stop = match.groups()
+  if "[" not in split:
+    return name, None
+  return name, (start or "", stop or "")
+
+
+def _bound(text: str, count: int, default: int) -> int:
+  if not text:
+    return default
+  value = (int(text[:-1]) * count) // 100 if text.endswith("%") else int(text)
+  return max(0, min(count, value if value >= 0 else count + value))
+
+
+def select(source: "Source", split: str) -> "Source":
+  """The examples of `source` that a split spec's slice names.
+
+  Folders and encrypted datasets list their files class by class, so a
+  slice there takes its examples in a fixed pseudo-random order of the
+  split (the same on every host and run): `train[:2048]` covers every
+  class, and `train[:N]` / `train[N:]` are disjoint. (tfds slices the
+  prepared files' own, already mixed, order instead; `load_tfds_split`
+  passes specs to tfds.)
+
+  Args:
+    source: a whole split.
+    split: its spec, e.g. 'train[:2048]' (no slice: `source` itself).
+
+  Returns:
+    A `Source` with the selected examples, in their original order.
+
+  Raises:
+    SplitError: a malformed spec or an empty selection.
+  """
+  _, bounds = parse_split(split)
+  if bounds is None:
+    return source
+  count = len(source)
+  start, stop = _bound(bounds[0], count, 0), _bound(bounds[1], count, count)
+  order = np.random.default_rng(0x5eed).permutation(count)
+  chosen = np.sort(order[start:stop])
+  if not len(chosen):
+    raise errors.SplitError(f"split {split!r} selects no example of "
+                     f"{source.description} ({count} examples)")
+  return dataclasses.replace(
+      source, labels=source.labels[chosen],
+      images=None if source.images is None else source.images[chosen],
+      paths=None if source.paths is None else source.paths[chosen],
+      hashes=None if source.hashes is None else source.hashes[chosen],
+      description=f"{source.description}, slice {split!r}")
 
 
 @dataclasses.dataclass(frozen=True)

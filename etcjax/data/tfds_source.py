@@ -10,6 +10,8 @@ from typing import List, Optional, Tuple
 
 import numpy as np
 
+from etcjax.data import errors
+
 _BATCH = 4096
 
 
@@ -20,7 +22,7 @@ def _builder(name: str, data_dir: Optional[str]):
   try:
     return tfds.builder(name, data_dir=data_dir)
   except tfds.core.registered.DatasetNotFoundError as e:
-    raise ValueError(f"unknown tfds dataset {name!r}: {e}") from None
+    raise errors.DataError(f"unknown tfds dataset {name!r}: {e}") from None
 
 
 def load_tfds(name: str, split: str, data_dir: Optional[str] = None
@@ -59,19 +61,19 @@ def load_tfds(name: str, split: str, data_dir: Optional[str] = None
         "download=True)), or pass the data_dir that holds it")
   features = builder.info.features
   if "image" not in features or "label" not in features:
-    raise ValueError(
+    raise errors.DataError(
         f"tfds dataset {name!r} has features {sorted(features.keys())}; "
         "expected an image classification dataset with 'image' and 'label'")
   shape = features["image"].shape
   if len(shape) != 3 or None in shape or shape[-1] not in (1, 3):
-    raise ValueError(
+    raise errors.DataError(
         f"tfds dataset {name!r} has images of shape {shape}; load_tfds needs "
         "fixed-size [H, W, 1 or 3] images (export variable-size datasets to "
         "an image folder and resize them instead)")
   try:
     ds = builder.as_dataset(split=split, shuffle_files=False)
   except (ValueError, KeyError) as e:
-    raise ValueError(
+    raise errors.DataError(
         f"tfds dataset {name!r} has no split {split!r} (splits: "
         f"{sorted(builder.info.splits.keys())}): {e}") from None
   ds = ds.map(lambda ex: (ex["image"], ex["label"]))
@@ -80,7 +82,7 @@ def load_tfds(name: str, split: str, data_dir: Optional[str] = None
     images.append(image_batch)
     labels.append(label_batch)
   if not images:
-    raise ValueError(f"split {split!r} of tfds dataset {name!r} is empty")
+    raise errors.DataError(f"split {split!r} of tfds dataset {name!r} is empty")
   images = np.concatenate(images).astype(np.uint8, copy=False)
   if images.shape[-1] == 1:
     images = np.repeat(images, 3, axis=-1)

@@ -182,12 +182,12 @@ def load_key(path: str | os.PathLike) -> bytes:
   except FileNotFoundError:
     raise FileNotFoundError(
         f"key file {path} does not exist (create one with `python -m "
-        "etcjax.encrypt keygen --key=PATH`)") from None
+        "etcjax.encrypt keygen --key_file=PATH`)") from None
   if stat.S_ISDIR(mode):
     raise IsADirectoryError(
         f"key file {path} is a folder, not a key file; pass the path of the "
         "key file itself (made by `python -m etcjax.encrypt keygen "
-        "--key=PATH`)")
+        "--key_file=PATH`)")
   if mode & (stat.S_IRWXG | stat.S_IRWXO):
     raise PermissionError(
         f"key file {path} is accessible by group or others (mode "

@@ -66,6 +66,14 @@ def square_transform(block: np.ndarray, t: int) -> np.ndarray:
   return out[:, ::-1] if t >= 4 else out
 
 
+class UnknownSchemeError(ValueError):
+  """A scheme name that is not in `SCHEMES`."""
+
+
+class SchemeParameterError(ValueError):
+  """Parameters a scheme cannot take: block size, image shape, steps."""
+
+
 @dataclasses.dataclass(frozen=True)
 class Scheme:
   """A registered scheme.
@@ -178,18 +186,18 @@ def check_geometry(scheme: str, image_shape, block_size: int,
   if len(image_shape) != 3 or not all(
       isinstance(d, (int, np.integer)) and not isinstance(d, bool)
       for d in image_shape):
-    raise ValueError(
+    raise SchemeParameterError(
         f"image_shape must be three integers (H, W, C), got {image_shape}")
   h, w, c = (int(d) for d in image_shape)
   if (not isinstance(block_size, (int, np.integer))
       or isinstance(block_size, bool) or block_size < 1):
-    raise ValueError(
+    raise SchemeParameterError(
         f"block_size must be a positive integer, got {block_size!r}")
   if channels is not None and c != channels:
-    raise ValueError(
+    raise SchemeParameterError(
         f"scheme {scheme!r} needs {channels}-channel images, got C = {c}")
   if h < 1 or w < 1 or h % block_size or w % block_size:
-    raise ValueError(
+    raise SchemeParameterError(
         f"image size {h}x{w} is not a multiple of the block size {block_size}"
         f" of scheme {scheme!r}; resize or crop images to a multiple of "
         f"{block_size} (e.g. {max(block_size, h // block_size * block_size)}x"
@@ -430,7 +438,7 @@ def build_pe(key, image_shape, block_size, steps=None, image_ids=None):
   steps = _check_steps("pe", steps, PE_STEPS)
   h, w, c = check_geometry("pe", image_shape, 1)
   if block_size != 1:
-    raise ValueError(f"scheme 'pe' is pixel-wise: block_size must be 1, got {block_size}")
+    raise SchemeParameterError(f"scheme 'pe' is pixel-wise: block_size must be 1, got {block_size}")
   gather, xor = _pe_arrays(key, "pe", h, w, c, steps)
   return plans.make(gather, xor, scheme="pe", image_shape=(h, w, c),
                     encrypted_shape=(h, w, c), block_size=1,
@@ -504,12 +512,12 @@ def get_scheme(name: str) -> Scheme:
   """Returns the registered `Scheme` called `name`.
 
   Raises:
-    ValueError: for an unknown name, listing the known ones.
+    UnknownSchemeError: for an unknown name, listing the known ones.
   """
   try:
     return SCHEMES[name]
   except (KeyError, TypeError):
-    raise ValueError(
+    raise UnknownSchemeError(
         f"unknown scheme {name!r}; known schemes: {sorted(SCHEMES)}") from None
 
 

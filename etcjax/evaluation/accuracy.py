@@ -12,16 +12,17 @@ from __future__ import annotations
 import os
 from typing import Dict, Optional, Sequence
 
-import jax
 import numpy as np
 import tqdm
 
 from etcjax import encryption
+from etcjax import inference
 from etcjax import models
 from etcjax.encryption import jpeg
 from etcjax.evaluation import outputs
 from etcjax.evaluation import sources
 from etcjax.evaluation import tables
+from etcjax.evaluation import requests
 
 UNCOMPRESSED = None
 QUALITIES = (UNCOMPRESSED, 85, 80)
@@ -33,22 +34,8 @@ def _quality_name(quality: Optional[int]) -> str:
   return "uncompressed" if quality is None else f"JPEG QF{quality}"
 
 
-def model_inputs(images: np.ndarray, plan: Optional[encryption.Plan],
-                 quality: Optional[int]) -> np.ndarray:
-  """What the model sees: plain images encrypted, then JPEG-coded.
-
-  Args:
-    images: uint8 `[N, H, W, 3]` plain images.
-    plan: the model's encryption plan, or None for a plain-image model.
-    quality: JPEG quality factor, or None for no compression.
-
-  Returns:
-    uint8 `[N] + input_shape`.
-  """
-  x = images if plan is None else encryption.apply_numpy(plan, images)
-  if quality is not None:
-    x = jpeg.jpeg_round_trip(x, quality, "4:2:0")
-  return x
+# Kept under its old name: the library's one inference path.
+model_inputs = inference.model_inputs
 
 
 def evaluate(module, variables, images: np.ndarray, labels: np.ndarray,
@@ -72,18 +59,13 @@ def evaluate(module, variables, images: np.ndarray, labels: np.ndarray,
   Returns:
     {quality: accuracy in [0, 1]}.
   """
-  @jax.jit
-  def predict(x):
-    logits = module.apply(variables, x.astype(np.float32) / 127.5 - 1.0,
-                          train=False)
-    return logits.argmax(-1)
-
+  model = inference.Model(module, variables, batch_size)
   correct = {q: 0 for q in qualities}
   for start in tqdm.trange(0, len(images), batch_size, desc="accuracy",
                            leave=False, disable=not progress):
     batch = images[start:start + batch_size]
     for q in qualities:
-      pred = np.asarray(predict(model_inputs(batch, plan, q)))
+      pred = model.predict(inference.model_inputs(batch, plan, q))
       correct[q] += int(np.sum(pred == labels[start:start + batch_size]))
   return {q: correct[q] / len(images) for q in qualities}
 
@@ -101,7 +83,7 @@ def resize(images: np.ndarray, size) -> np.ndarray:
   if tuple(images.shape[1:3]) == tuple(size):
     return images
   if size[0] != size[1]:
-    raise ValueError(f"models take square images, got size {size}")
+    raise requests.RequestError(f"models take square images, got size {size}")
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from etcjax.data import augment  # pylint: disable=g-import-not-at-top
   out = tf.map_fn(lambda image: augment.resize(image, int(size[0])),
@@ -135,7 +117,7 @@ def run(export_dir: str, out_dir: str, *, dataset: str,
   Returns:
     The result folder.
   """
-  from etcjax.training import export  # pylint: disable=g-import-not-at-top
+  export = inference.export
   sources.check_dataset(dataset)
   sources.check_size(size, SIZES)
   info = export.read_info(export_dir)
@@ -143,22 +125,18 @@ def run(export_dir: str, out_dir: str, *, dataset: str,
   plan = None
   if scheme:
     if key is None:
-      raise ValueError(
+      raise requests.RequestError(
           f"the model in {export_dir} was trained on {scheme!r}-encrypted "
           "images: pass --key_file with its key to encrypt the test set")
-    encryption.check_fingerprint(key, info["key_fingerprint"],
-                                 f"the model in {export_dir}")
     # With the export's steps (e.g. a key-adapted ConvMixer's
     # 'block_common' without scrambling).
-    plan = encryption.make_plan(key, scheme, tuple(info["image_shape"]),
-                                info["block_size"],
-                                steps=info.get("encryption_steps"))
+    plan = inference.encryption_plan(info, key, f"the model in {export_dir}")
   for q in qualities:
     if q is not None:
       if plan is not None:
         jpeg.check_jpeg_compatible(scheme, info["block_size"], "4:2:0")
       if not 1 <= q <= 100:
-        raise ValueError(f"JPEG quality must be in [1, 100], got {q}")
+        raise requests.RequestError(f"JPEG quality must be in [1, 100], got {q}")
   output = outputs.TaskOutput(out_dir, "accuracy", dataset, overwrite, meta=dict(
       export=os.path.abspath(export_dir), model=info["model"], scheme=scheme,
       block_size=info["block_size"], key_fingerprint=info["key_fingerprint"],
@@ -169,7 +147,7 @@ def run(export_dir: str, out_dir: str, *, dataset: str,
                       limit=limit or SIZES[size][dataset],
                       progress=progress)
   if list(test.label_names) != list(info["label_names"]):
-    raise ValueError(
+    raise requests.RequestError(
         f"the model's classes {info['label_names']} differ from {dataset}'s "
         f"{test.label_names}")
   module, variables, _ = export.load(export_dir)

@@ -35,6 +35,7 @@ from etcjax import encryption
 from etcjax.evaluation import attacks as attacks_lib
 from etcjax.evaluation import figures
 from etcjax.evaluation import outputs
+from etcjax.evaluation import requests
 from etcjax.evaluation import resume
 from etcjax.evaluation import sources
 from etcjax.evaluation import tables
@@ -116,7 +117,7 @@ SIZES = {
 def check_request(schemes: Sequence[str], attack_names: Sequence[str]) -> None:
   """Raises on unknown names, or an attack that applies to none of the schemes."""
   if not schemes:
-    raise ValueError(f"no schemes given; known schemes: {sorted(encryption.SCHEMES)}")
+    raise requests.RequestError(f"no schemes given; known schemes: {sorted(encryption.SCHEMES)}")
   for scheme in schemes:
     encryption.get_scheme(scheme)
   for name in attack_names:
@@ -220,7 +221,7 @@ def run(dataset: str, key: bytes, out_dir: str, *, size: str = "smoke",
                 else [jigsaw_limit]):
     sources.check_limit(limit, "a jigsaw image limit")
   if tag is not None and not re.fullmatch(r"[A-Za-z0-9_]+", tag):
-    raise ValueError(
+    raise requests.RequestError(
         f"a tag names a folder: letters, digits and _ only, got {tag!r}")
   preset = SIZES[size]
   training = training or preset.training
@@ -230,7 +231,7 @@ def run(dataset: str, key: bytes, out_dir: str, *, size: str = "smoke",
   if not isinstance(jigsaw_limit, dict):
     jigsaw_limit = {s: jigsaw_limit for s in schemes}
   elif set(jigsaw_limit) - set(schemes):
-    raise ValueError(
+    raise requests.RequestError(
         f"jigsaw limits for schemes {sorted(set(jigsaw_limit) - set(schemes))} "
         f"that are not attacked; attacked schemes: {list(schemes)}")
   jigsaw_limits = {s: jigsaw_limit.get(s) or preset.jigsaw_images[dataset].get(s)

@@ -33,6 +33,7 @@ from etcjax import encryption
 from etcjax.encryption import jpeg
 from etcjax.evaluation import figures
 from etcjax.evaluation import outputs
+from etcjax.evaluation import requests
 from etcjax.evaluation import sources
 from etcjax.evaluation import tables
 from etcjax.evaluation import visual_metrics
@@ -57,7 +58,7 @@ def _imagecodecs():
   try:
     import imagecodecs  # pylint: disable=g-import-not-at-top
   except ImportError:
-    raise ImportError(
+    raise requests.MissingExtraError(
         "JPEG-LS and JPEG 2000 need the imagecodecs package "
         "(pip install imagecodecs)") from None
   return imagecodecs
@@ -118,7 +119,7 @@ def check_codecs(names: Sequence[str]) -> List[str]:
   """Returns the codec names, raising on unknown ones (listing the known)."""
   unknown = [n for n in names if n not in CODECS]
   if unknown:
-    raise ValueError(f"unknown codecs {unknown}; known codecs: {list(CODECS)}")
+    raise requests.RequestError(f"unknown codecs {unknown}; known codecs: {list(CODECS)}")
   return list(names)
 
 

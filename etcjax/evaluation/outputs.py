@@ -19,6 +19,8 @@ import shutil
 import time
 from typing import Any, Dict, Optional
 
+from etcjax.evaluation import requests
+
 META_FILE = "meta.json"
 
 
@@ -42,7 +44,7 @@ class TaskOutput:
   def __init__(self, run_dir: str, task: str, name: Optional[str] = None,
                overwrite: bool = False, meta: Optional[Dict[str, Any]] = None):
     if not run_dir:
-      raise ValueError("an output folder is needed: pass --out=DIR")
+      raise requests.RequestError("an output folder is needed: pass --out=DIR")
     parent = os.path.join(run_dir, task)
     self.path = os.path.join(parent, name) if name else parent
     self._staging = os.path.join(

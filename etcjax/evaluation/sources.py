@@ -19,6 +19,7 @@ import tqdm
 from etcjax import encryption
 from etcjax.data import image_folder
 from etcjax.data import tfds_source
+from etcjax.evaluation import requests
 
 # Dataset name -> (split of evaluation images, split the adversary learns
 # the data distribution from).
@@ -53,14 +54,14 @@ class Images:
 def check_dataset(name: str) -> str:
   """Returns `name` if it is a known dataset, else raises listing them."""
   if name not in DATASETS:
-    raise ValueError(f"unknown dataset {name!r}; known datasets: {sorted(DATASETS)}")
+    raise requests.RequestError(f"unknown dataset {name!r}; known datasets: {sorted(DATASETS)}")
   return name
 
 
 def check_size(size: str, sizes) -> str:
   """Returns `size` if it names a preset in `sizes`, else raises listing them."""
   if size not in sizes:
-    raise ValueError(f"unknown size {size!r}; sizes: {list(sizes)}")
+    raise requests.RequestError(f"unknown size {size!r}; sizes: {list(sizes)}")
   return size
 
 
@@ -68,7 +69,7 @@ def check_limit(limit: Optional[int], what: str = "an image limit"
                 ) -> Optional[int]:
   """Returns `limit` if None or positive, else raises (0 must not mean all)."""
   if limit is not None and limit < 1:
-    raise ValueError(f"{what} must be positive, got {limit}")
+    raise requests.RequestError(f"{what} must be positive, got {limit}")
   return limit
 
 
@@ -83,7 +84,7 @@ def subset(count: int, limit: Optional[int]) -> np.ndarray:
     int64 `[min(count, limit)]`, sorted, distinct.
   """
   if limit is not None and limit < 1:
-    raise ValueError(f"an image limit must be positive, got {limit}")
+    raise requests.RequestError(f"an image limit must be positive, got {limit}")
   if limit is None or limit >= count:
     return np.arange(count)
   return np.unique(np.linspace(0, count - 1, limit).round().astype(np.int64))
@@ -112,7 +113,7 @@ def load(dataset: str, split: str, *, data_dir: Optional[str] = None,
   check_dataset(dataset)
   if dataset == "cifar10":
     if limit is not None and limit < 1:
-      raise ValueError(f"an image limit must be positive, got {limit}")
+      raise requests.RequestError(f"an image limit must be positive, got {limit}")
     # CIFAR-10's splits are in random order, so their first images are a
     # fair sample, and reading only those is much faster.
     spec = f"{split}[:{limit}]" if limit else split
@@ -120,7 +121,7 @@ def load(dataset: str, split: str, *, data_dir: Optional[str] = None,
     return Images(dataset, split, images, labels, np.arange(len(images)),
                   names)
   if not imagenette_dir:
-    raise ValueError(
+    raise requests.RequestError(
         "dataset 'imagenette' needs --imagenette_dir: a folder with train/ "
         "and val/ sub-folders of class folders of equally sized images")
   if not os.path.isdir(imagenette_dir):
@@ -147,7 +148,7 @@ def _check_same_size(images: Sequence[np.ndarray], paths: Sequence[str]) -> None
   first = images[0].shape
   for image, path in zip(images, paths):
     if image.shape != first:
-      raise ValueError(
+      raise requests.RequestError(
           f"images of an evaluation split must share one size: {paths[0]} is "
           f"{first[1]}x{first[0]} but {path} is {image.shape[1]}x"
           f"{image.shape[0]}; resize the folder's images to one size (a "

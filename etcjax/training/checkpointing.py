@@ -10,6 +10,7 @@ or the encryption plan.
 from __future__ import annotations
 
 import json
+import os
 from typing import Any, Dict, Optional, Tuple
 
 from absl import logging
@@ -17,6 +18,10 @@ from etils import epath
 import orbax.checkpoint as ocp
 
 from etcjax.encryption import keys
+
+
+class WorkdirMismatchError(ValueError):
+  """A workdir's checkpoints belong to another run (model, config)."""
 
 # Fields of the JSON record that must match for a workdir to be resumed.
 IDENTITY_FIELDS = ("model", "model_kwargs", "num_classes", "input_shape",
@@ -44,7 +49,10 @@ class Checkpoints:
       raise ValueError(
           f"checkpoint_every_steps ({every_steps}) and keep_checkpoints "
           f"({keep}) must be >= 1")
-    self.directory = epath.Path(directory)
+    # orbax refuses relative paths; the faces resolve them, this keeps
+    # library callers safe too.
+    self.directory = epath.Path(directory if "://" in str(directory)
+                                else os.path.abspath(directory))
     # Interval and preemption saves only: orbax's default policy also saves
     # the first step, a full (e.g. 1 GB for ViT-B) save of nothing learned.
     policy = ocp.checkpoint_managers.AnySavePolicy([
@@ -52,7 +60,10 @@ class Checkpoints:
         ocp.checkpoint_managers.PreemptionCheckpointingPolicy()])
     options = ocp.CheckpointManagerOptions(
         save_decision_policy=policy, max_to_keep=keep,
-        enable_async_checkpointing=use_async, create=True)
+        enable_async_checkpointing=use_async, create=True,
+        # A run killed mid-save leaves `<step>.orbax-checkpoint-tmp-*`
+        # behind; the next run on the workdir removes it.
+        cleanup_tmp_directories=True)
     self._manager = ocp.CheckpointManager(
         self.directory, item_names=("state", "meta"), options=options)
 
@@ -144,7 +155,7 @@ def check_same_run(saved: Dict[str, Any], current: Dict[str, Any],
 
   Raises:
     KeyMismatchError: different key fingerprints.
-    ValueError: another identity field differs.
+    WorkdirMismatchError: another identity field differs.
   """
   if saved.get("key_fingerprint") != current.get("key_fingerprint"):
     raise keys.KeyMismatchError(
@@ -157,7 +168,7 @@ def check_same_run(saved: Dict[str, Any], current: Dict[str, Any],
   current = json.loads(json.dumps(current))
   for field in IDENTITY_FIELDS:
     if saved.get(field) != current.get(field):
-      raise ValueError(
+      raise WorkdirMismatchError(
           f"checkpoint {where} has {field}={saved.get(field)!r} but this run "
           f"has {field}={current.get(field)!r}; resume with the original "
           "config, or use a new --workdir")

@@ -15,6 +15,10 @@ from typing import Iterable, Optional, Set
 
 import ml_collections
 
+
+class ConfigError(ValueError):
+  """A config argument or field value the experiment does not offer."""
+
 def get_default_config() -> ml_collections.ConfigDict:
   """Returns a config with every training field at its default.
 
@@ -129,13 +133,13 @@ def parse_variants(arg: Optional[str], allowed: Iterable[str]) -> Set[str]:
     The set of requested variants.
 
   Raises:
-    ValueError: a variant the config does not offer.
+    ConfigError: a variant the config does not offer.
   """
   allowed = set(allowed)
   variants = {v.strip() for v in (arg or "").split(",") if v.strip()}
   unknown = variants - allowed
   if unknown:
-    raise ValueError(
+    raise ConfigError(
         f"unknown config variant(s) {sorted(unknown)}; this config offers "
         f"{sorted(allowed)} (comma-separated, e.g. ':smoke' or ':smoke,qf85')")
   return variants
@@ -208,7 +212,7 @@ def apply_jpeg_variant(config: ml_collections.ConfigDict,
   """
   qualities = sorted(int(v[2:]) for v in variants if v.startswith("qf"))
   if len(qualities) > 1:
-    raise ValueError(f"at most one JPEG quality variant, got {qualities}")
+    raise ConfigError(f"at most one JPEG quality variant, got {qualities}")
   if qualities:
     config.encryption.jpeg_quality = qualities[0]
 
@@ -217,8 +221,10 @@ def apply_smoke_variant(config: ml_collections.ConfigDict) -> None:
   """Shortens a run to about a minute on a CPU.
 
   Keeps the experiment's data, scheme, optimizer and augmentation; cuts the
-  run's length and the data it reads (tfds datasets: the first 2048 train
-  and 500 eval images). The config file picks a small model itself.
+  run's length and the data it reads (2048 train and 500 eval images, as
+  split slices that tfds, folder and encrypted datasets all read, so
+  `--config.dataset=encrypted` works with it). The config file picks a
+  small model itself.
 
   Args:
     config: the config to change in place.
@@ -226,9 +232,8 @@ def apply_smoke_variant(config: ml_collections.ConfigDict) -> None:
   config.total_steps = 20
   config.batch_size = 32
   config.eval_batch_size = 256
-  if config.dataset not in ("folder", "encrypted"):  # tfds split slices
-    config.train_split = config.train_split.split("[")[0] + "[:2048]"
-    config.eval_split = config.eval_split.split("[")[0] + "[:500]"
+  config.train_split = config.train_split.split("[")[0] + "[:2048]"
+  config.eval_split = config.eval_split.split("[")[0] + "[:500]"
   config.optim.warmup_steps = min(config.optim.warmup_steps, 5)
   config.log_every_steps = 5
   config.checkpoint_every_steps = 10

@@ -7,6 +7,8 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
+from etcjax.training import default_config
+
 SCHEDULES = ("warmup_cosine", "one_cycle", "constant")
 OPTIMIZERS = ("sgd", "adamw")
 
@@ -46,10 +48,10 @@ def make_schedule(config: ml_collections.ConfigDict,
   """
   optim = config.optim
   if total_steps < 1:
-    raise ValueError(f"total_steps must be >= 1, got {total_steps}")
+    raise default_config.ConfigError(f"total_steps must be >= 1, got {total_steps}")
   if optim.schedule == "warmup_cosine":
     if not 0 <= optim.warmup_steps < total_steps:
-      raise ValueError(
+      raise default_config.ConfigError(
           f"optim.warmup_steps must be in [0, total_steps={total_steps}), got "
           f"{optim.warmup_steps}")
     return optax.warmup_cosine_decay_schedule(
@@ -60,7 +62,7 @@ def make_schedule(config: ml_collections.ConfigDict,
     return one_cycle_schedule(optim.learning_rate, total_steps)
   if optim.schedule == "constant":
     return optax.constant_schedule(optim.learning_rate)
-  raise ValueError(
+  raise default_config.ConfigError(
       f"unknown optim.schedule {optim.schedule!r}; expected one of {SCHEDULES}")
 
 
@@ -89,12 +91,12 @@ def make_optimizer(config: ml_collections.ConfigDict, total_steps: int
   optim = config.optim
   schedule = make_schedule(config, total_steps)
   if optim.learning_rate <= 0:
-    raise ValueError(f"optim.learning_rate must be > 0, got {optim.learning_rate}")
+    raise default_config.ConfigError(f"optim.learning_rate must be > 0, got {optim.learning_rate}")
   if optim.grad_clip_norm < 0:
-    raise ValueError(
+    raise default_config.ConfigError(
         f"optim.grad_clip_norm must be >= 0 (0 = off), got {optim.grad_clip_norm}")
   if optim.weight_decay < 0:
-    raise ValueError(f"optim.weight_decay must be >= 0, got {optim.weight_decay}")
+    raise default_config.ConfigError(f"optim.weight_decay must be >= 0, got {optim.weight_decay}")
   if optim.name == "sgd":
     tx = optax.sgd(schedule, momentum=optim.momentum or None)
     if optim.weight_decay:
@@ -105,7 +107,7 @@ def make_optimizer(config: ml_collections.ConfigDict, total_steps: int
     tx = optax.adamw(schedule, b1=optim.b1, b2=optim.b2,
                      weight_decay=optim.weight_decay, mask=_kernels_only)
   else:
-    raise ValueError(
+    raise default_config.ConfigError(
         f"unknown optim.name {optim.name!r}; expected one of {OPTIMIZERS}")
   if optim.grad_clip_norm:
     tx = optax.chain(optax.clip_by_global_norm(optim.grad_clip_norm), tx)

@@ -31,6 +31,7 @@ from etcjax import models
 from etcjax.data import pipeline
 from etcjax.models import key_adaptation
 from etcjax.training import checkpointing
+from etcjax.training import default_config
 from etcjax.training import export as export_lib
 from etcjax.training import metrics as metrics_lib
 from etcjax.training import optimizers
@@ -79,11 +80,11 @@ def _load_key(config: ml_collections.ConfigDict) -> bytes:
         "model can only classify images already encrypted with it.",
         encryption.fingerprint(key))
     return key
-  raise ValueError(
+  raise default_config.ConfigError(
       f"config.encryption.scheme={enc.scheme!r} with dataset "
       f"{config.dataset!r} encrypts on the fly and needs "
       "config.encryption.key_file (make one with `python -m etcjax.encrypt "
-      "keygen --key=PATH`), or train on a dataset encrypted on disk "
+      "keygen --key_file=PATH`), or train on a dataset encrypted on disk "
       "(config.dataset='encrypted')")
 
 
@@ -110,7 +111,7 @@ def setup_encryption(config: ml_collections.ConfigDict,
                       tuple(info.image_shape))
   if not enc.scheme:
     if enc.key_file:
-      raise ValueError(
+      raise default_config.ConfigError(
           "config.encryption.key_file is set but config.encryption.scheme is "
           "empty (plain images); set a scheme, e.g. "
           "--config.encryption.scheme=etc, or drop the key file")
@@ -119,7 +120,7 @@ def setup_encryption(config: ml_collections.ConfigDict,
   plan = pipeline.encryption_plan(config, key)
   del key
   if plan.per_image:
-    raise ValueError(
+    raise default_config.ConfigError(
         f"scheme {enc.scheme!r} uses a key per image; training encrypts "
         "batches with one plan. Use 'pe' or encrypt the dataset on disk")
   return Encryption(plan.scheme, plan.block_size, plan.fingerprint, plan,
@@ -194,12 +195,12 @@ def _adaptation_plan(config: ml_collections.ConfigDict, enc: Encryption,
   if enc.plan is not None:
     return enc.plan
   if not info.encrypted_on_disk:
-    raise ValueError(
+    raise default_config.ConfigError(
         "config.adapt_pretrained=True adapts the model to encrypted images, "
         "but this run trains on plain images; set config.encryption.scheme "
         "(e.g. 'block_common') and config.encryption.key_file")
   if not config.encryption.key_file:
-    raise ValueError(
+    raise default_config.ConfigError(
         "config.adapt_pretrained=True on a dataset encrypted on disk needs "
         "the key it was encrypted with: set config.encryption.key_file")
   manifest = info.manifest
@@ -230,7 +231,7 @@ def _total_steps(config: ml_collections.ConfigDict, num_train: int) -> int:
   if config.total_steps > 0:
     return int(config.total_steps)
   if config.num_epochs <= 0:
-    raise ValueError(
+    raise default_config.ConfigError(
         "set config.total_steps > 0 or config.num_epochs > 0 (got "
         f"{config.total_steps} and {config.num_epochs})")
   return max(1, math.ceil(config.num_epochs * num_train / config.batch_size))
@@ -280,7 +281,7 @@ class _Preemption:
 def _init_model(config, num_classes: int, input_shape, mesh, tx):
   """The module and a jitted initialiser of a sharded TrainState."""
   if input_shape[0] != input_shape[1] or input_shape[2] != 3:
-    raise ValueError(
+    raise default_config.ConfigError(
         f"the model would see images of shape {tuple(input_shape)}, but the "
         "models take square RGB images (grayscale-based EtC, 'etc_gray', "
         "is for compression studies, not training)")
@@ -389,7 +390,10 @@ def _train_and_evaluate(config: ml_collections.ConfigDict,
   mesh = sharding.make_mesh()
   sharding.check_batch_size(config.batch_size, "config.batch_size")
   sharding.check_batch_size(config.eval_batch_size, "config.eval_batch_size")
-  compute_dtype = steps.resolve_compute_dtype(config.compute_dtype)
+  try:
+    compute_dtype = steps.resolve_compute_dtype(config.compute_dtype)
+  except ValueError as e:
+    raise default_config.ConfigError(f"config.{e}") from None
 
   total_steps = _total_steps(config, info.num_train)
   steps_per_epoch = info.num_train / config.batch_size

@@ -193,7 +193,7 @@ def test_unreadable_file_is_named(make_config, tmp_path, folder_dataset):
 @pytest.fixture(scope="module")
 def owner_key(tmp_path_factory):
   path = str(tmp_path_factory.mktemp("key") / "owner.key")
-  assert encrypt_cli.main(["keygen", "--key", path]) == 0
+  assert encrypt_cli.main(["keygen", "--key_file", path]) == 0
   return path
 
 
@@ -203,7 +203,7 @@ def encrypted_datasets(tmp_path_factory, folder_dataset, owner_key):
   out = {}
   for codec in ("png", "jpeg"):
     root = str(tmp_path_factory.mktemp(f"encrypted_{codec}"))
-    argv = ["encrypt", "--key", owner_key, "--scheme", "etc",
+    argv = ["encrypt", "--key_file", owner_key, "--scheme", "etc",
             "--source", f"folder:{folder_dataset['root']}",
             "--split", "train,val", "--out", root, "--format", codec,
             "--workers", "1", "--no_progress", "--overwrite"]
@@ -253,6 +253,38 @@ def test_encrypted_png_dataset_yields_the_encrypted_images(
   ids = np.concatenate([image_ids(encryption.decrypt(b["image"], key, "etc"))
                         for b in train])
   assert sorted(ids) == list(range(40))
+
+
+@pytest.mark.parametrize("kind", ["folder", "encrypted"])
+def test_split_slices_work_on_every_dataset_kind(
+    kind, folder_config, encrypted_config, encrypted_datasets, folder_dataset,
+    owner_key):
+  """tfds-style slices ('train[:N]', as :smoke sets them) on files."""
+  key = encryption.load_key(owner_key)
+  make = (folder_config if kind == "folder" else
+          lambda **kw: encrypted_config(encrypted_datasets["png"], **kw))
+  config = make(train_split="train[:30]", eval_split="val[:50%]")
+  info = pipeline.dataset_info(config)
+  assert (info.num_train, info.num_eval) == (30, 11)
+
+  def ids(batch):
+    image = batch["image"]
+    return image_ids(image if kind == "folder"
+                     else encryption.decrypt(image, key, "etc"))
+  seen = np.concatenate([ids(b) for b in _take(pipeline.train_iterator(config), 6)])
+  assert len(set(seen)) == 30 and seen.max() < 40
+  # The slice mixes the classes (files are listed class by class).
+  _, labels = folder_dataset["train"]
+  assert set(labels[sorted(set(seen))]) == set(range(len(CLASSES)))
+  rest = np.concatenate([ids(b) for b in _take(pipeline.train_iterator(
+      make(train_split="train[30:]", eval_split="val[:50%]")), 2)])
+  assert not set(rest) & set(seen)  # 'train[:30]' and 'train[30:]' disjoint
+  eval_ids = [ids(b)[b["mask"]] for b in pipeline.eval_iterator(config)]
+  assert len(np.concatenate(eval_ids)) == 11
+  with pytest.raises(ValueError, match="cannot read the split"):
+    pipeline.dataset_info(make(train_split="train[:3"))
+  with pytest.raises(ValueError, match="selects no example"):
+    pipeline.dataset_info(make(train_split="train[40:]"))
 
 
 def test_encrypted_jpeg_dataset_decodes_like_the_jpeg_module(

@@ -9,6 +9,8 @@ import pytest
 
 from etcjax import adapt
 from etcjax import encryption
+from etcjax import evaluate
+from etcjax.evaluation import adapted_accuracy
 from etcjax import models
 from etcjax import predict
 from etcjax.training import export
@@ -122,18 +124,22 @@ def test_key_recovery_cli(tmp_path, key_file, capsys):
   assert info["adaptation"]["from_public_weights"]
   assert "SECURITY" in info["adaptation"]["warning"]
   out = str(tmp_path / "run")
-  assert adapt.main(["key_recovery", f"--public={public}",
-                     f"--adapted={adapted}", f"--key_file={key_file}",
-                     f"--out={out}"]) == 0
-  with open(os.path.join(out, "key_recovery", "meta.json")) as f:
+  # The evaluation task (`adapt key_recovery` below is its old name).
+  assert evaluate.main(["adapted_key_recovery", f"--public={public}",
+                        f"--adapted={adapted}", f"--key_file={key_file}",
+                        f"--out={out}"]) == 0
+  with open(os.path.join(out, "adapted_key_recovery", "meta.json")) as f:
     meta = json.load(f)
   assert meta["block_order_accuracy"] == 1.0
   assert meta["in_block_accuracy"] == 1.0
   assert meta["decrypts_exactly"] is True
   assert "| 1.0000 | 1.0000 | True |" in capsys.readouterr().out
-  # Results are not replaced without --overwrite.
+  # Results are not replaced without --overwrite (one line, status 1).
   assert adapt.main(["key_recovery", f"--public={public}",
                      f"--adapted={adapted}", f"--out={out}"]) == 1
+  err = capsys.readouterr().err
+  assert "evaluate adapted_key_recovery" in err and "--overwrite" in err
+  assert err.strip().splitlines()[-1].startswith("error: ")
 
 
 def test_compare_on_cifar10_test_images(tmp_path, key_file, tfds_data_dir):
@@ -145,9 +151,9 @@ def test_compare_on_cifar10_test_images(tmp_path, key_file, tfds_data_dir):
   assert adapt.main(["export", f"--export={plain}", f"--key_file={key_file}",
                      "--steps=pixel_shuffle,negpos,channel",
                      f"--out={adapted}"]) == 0
-  result = adapt.compare(plain, adapted, encryption.load_key(key_file),
-                         str(tmp_path / "run"), data_dir=tfds_data_dir,
-                         limit=200, progress=False)
+  result = adapted_accuracy.run(plain, adapted, encryption.load_key(key_file),
+                                str(tmp_path / "run"), data_dir=tfds_data_dir,
+                                limit=200, progress=False)
   assert result["images"] == 200
   assert result["differing_predictions"] == 0
   assert result["adapted_accuracy"] == result["plain_accuracy"]

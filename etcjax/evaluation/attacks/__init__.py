@@ -17,6 +17,7 @@ from typing import Any, Dict, Optional, Tuple
 import numpy as np
 
 from etcjax import encryption
+from etcjax.evaluation import requests
 from etcjax.evaluation import visual_metrics
 from etcjax.evaluation.attacks import fr_attack
 from etcjax.evaluation.attacks import gan_attack
@@ -86,7 +87,7 @@ def get_attack(name: str) -> Attack:
   try:
     return ATTACKS[name]
   except KeyError:
-    raise ValueError(
+    raise requests.RequestError(
         f"unknown attack {name!r}; known attacks: {list(ATTACKS)}") from None
 
 
@@ -95,7 +96,7 @@ def check_applicable(name: str, scheme: str) -> Attack:
   attack = get_attack(name)
   encryption.get_scheme(scheme)
   if not attack.applies_to(scheme):
-    raise ValueError(
+    raise requests.RequestError(
         f"attack {name!r} does not apply to scheme {scheme!r}: "
         f"{attack.why_not}; it applies to {list(attack.schemes)}")
   return attack

@@ -16,6 +16,7 @@ from typing import Optional, Sequence, Tuple
 import numpy as np
 
 from etcjax import encryption
+from etcjax.evaluation import requests
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,7 +48,7 @@ class TrainingSize:
     unit = self.space_to_depth * 2**(self.levels - 1)
     h, w = image_shape[:2]
     if h % unit or w % unit:
-      raise ValueError(
+      raise requests.RequestError(
           f"the learned attacks' networks ({self.levels} levels on "
           f"{self.space_to_depth}x{self.space_to_depth} pixel cells) need "
           f"image sides that are multiples of {unit}, got {h}x{w}; use fewer "
