@@ -41,7 +41,7 @@ from etcjax.encryption.host_kernel import apply_numpy, invert_numpy
 from etcjax.encryption.plans import Plan, apply, invert
 from etcjax.encryption.schemes import (SCHEMES, DuplicateImageIdsError,
                                        InvalidStepsError, Scheme, get_scheme,
-                                       make_plan)
+                                       make_plan, representation_plan)
 
 
 # One-shot `encrypt`/`decrypt` reuse the plans of the last few (key, scheme,
@@ -142,5 +142,6 @@ __all__ = [
     "KeyMismatchError", "KeyStream", "Plan", "SCHEMES",
     "Scheme", "apply", "apply_numpy", "check_fingerprint", "check_key",
     "decrypt", "encrypt", "fingerprint", "generate_key", "get_scheme",
-    "invert", "invert_numpy", "load_key", "make_plan", "save_key",
+    "invert", "invert_numpy", "load_key", "make_plan", "representation_plan",
+    "save_key",
 ]

@@ -221,7 +221,14 @@ class DuplicateImageIdsError(ValueError):
   """'pe_per_image' got an image id twice (two images, one key)."""
 
 
+# Passed as `steps` by `representation_plan` only: a plan that applies no
+# step, which users cannot ask for by accident with steps=[].
+_NO_STEPS = object()
+
+
 def _check_steps(scheme: str, steps, known: Tuple[str, ...]) -> frozenset:
+  if steps is _NO_STEPS:
+    return frozenset()
   if steps is not None and not isinstance(steps, str) and not len(steps):
     # An empty selection would return the plain images: never silently.
     raise InvalidStepsError(
@@ -519,6 +526,31 @@ def get_scheme(name: str) -> Scheme:
   except (KeyError, TypeError):
     raise UnknownSchemeError(
         f"unknown scheme {name!r}; known schemes: {sorted(SCHEMES)}") from None
+
+
+def representation_plan(scheme: str, image_shape=(224, 224, 3),
+                        block_size: Optional[int] = None) -> plans.Plan:
+  """A plan that encrypts nothing: plain images in a scheme's layout.
+
+  Evaluation needs the plain images in the encrypted representation (the
+  [H, 3W, 1] YCbCr planes for `etc_gray`, the pixels otherwise) to score
+  attacks block by block. No key is involved; the plan's fingerprint is
+  that of an all-zero key.
+
+  Args:
+    scheme: a name in `SCHEMES`.
+    image_shape: `(H, W, C)` of the plain images, as for `make_plan`.
+    block_size: block side in pixels; the scheme's default when None.
+
+  Returns:
+    A `Plan` whose `apply` maps uint8 `[N, H, W, C]` plain images to the
+    scheme's encrypted shape without changing a value (up to the colour
+    conversion of `etc_gray`).
+  """
+  spec = get_scheme(scheme)
+  block_size = spec.default_block_size if block_size is None else block_size
+  return spec.build(bytes(32), tuple(image_shape), block_size,
+                    steps=_NO_STEPS, image_ids=None)
 
 
 def make_plan(key: bytes, scheme: str = "etc", image_shape=(224, 224, 3),

@@ -611,7 +611,7 @@ def _score_jigsaw(key, scheme, shape, assemblies, piece, rows, plan
   truth = jigsaw.source_blocks(plan)
   # An identity plan (no steps) maps plain images to the encrypted
   # representation's layout (the YCbCr planes for etc_gray).
-  identity = encryption.make_plan(key, scheme, shape, steps=())
+  identity = encryption.representation_plan(scheme, shape, plan.block_size)
   plain_rep = np.asarray(encryption.apply(identity, piece.plain(rows)))
   symmetries, transforms = jigsaw.variants_of(
       scheme, encryption.get_scheme(scheme).steps, plan.encrypted_shape[-1])

@@ -80,8 +80,7 @@ def test_lpips_weights_are_the_v01_linear_calibration(lpips):
 
 def test_as_rgb_views_grayscale_etc_as_ycbcr_planes():
   a = _images(n=2)
-  identity = encryption.make_plan(bytes(range(32)), "etc_gray", (32, 32, 3),
-                                  steps=())
+  identity = encryption.representation_plan("etc_gray", (32, 32, 3))
   gray = np.asarray(encryption.apply(identity, a))
   assert gray.shape == (2, 32, 96, 1)
   view = visual_metrics.as_rgb(gray, plans.YCBCR_GRAY)
