@@ -467,7 +467,7 @@ def _photometric(c: int, colour: bool, inversion: bool):
 
 def _resolve_global(source, mask, rep, representation, rep_shape, syms,
                     photometric, mask_value, prior: priors.ImagePrior,
-                    max_images: int = 32):
+                    budget: float = 3e8):
   """The global variant of a decryption map the prior finds most likely.
 
   Args:
@@ -481,6 +481,10 @@ def _resolve_global(source, mask, rep, representation, rep_shape, syms,
   Returns:
     `(source, mask)` of the chosen variant, shape `rep_shape`.
   """
+  # As many ciphertexts as the budget of decrypted values allows (at least
+  # 32): the prior's verdict is an average over them.
+  per_image = len(syms) * len(photometric) * source.size
+  max_images = max(32, int(budget // per_image))
   sample = rep[np.unique(np.linspace(0, len(rep) - 1,
                                      min(len(rep), max_images)).astype(int))]
   best, best_score = None, -np.inf
