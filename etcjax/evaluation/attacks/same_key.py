@@ -1021,6 +1021,19 @@ def _gray_planes(rep, b, rep_shape, syms, photometric, budget, prior,
         if score > best_score:
           best, best_score = picks, score
   chosen = [y] + best
-  source = np.concatenate([c[1] for c in chosen], axis=1)
-  mask = np.concatenate([c[2] for c in chosen], axis=1)
+  # The planes now agree with each other; the orientation of the whole
+  # image is judged in full colour (grey images hide skies and grounds).
+  best_t, best_score = 0, -np.inf
+  for t in syms:
+    planes = [np.stack([schemes.square_transform(v, t) for v in c[3]])
+              for c in chosen]
+    if planes[0].shape[1:] != (h, w):
+      continue
+    score = rgb_score(planes)
+    if score > best_score:
+      best_t, best_score = t, score
+  source = np.concatenate([schemes.square_transform(c[1], best_t)
+                           for c in chosen], axis=1)
+  mask = np.concatenate([schemes.square_transform(c[2], best_t)
+                         for c in chosen], axis=1)
   return source, mask, len(pick)
