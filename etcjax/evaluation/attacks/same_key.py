@@ -940,7 +940,7 @@ def _pixels(rep, colour, inversion, mid, sweeps=10, chunk=256):
 
 
 def _gray_planes(rep, b, rep_shape, syms, photometric, budget, prior,
-                 progress, max_images=32):
+                 progress, values_budget=3e8):
   """Grayscale-based EtC: three block puzzles, one per Y/Cb/Cr plane.
 
   The planes sit side by side, but nothing joins them across their common
@@ -962,6 +962,7 @@ def _gray_planes(rep, b, rep_shape, syms, photometric, budget, prior,
     placement = solve_blocks(edges, (h // b, w // b), syms, progress, used)
     grids.append(_assembly_map(placement, b, rep_shape, identity, zero,
                                photometric, 255))
+  max_images = max(32, int(values_budget // (64 * h * w * 3)))
   sample = rep[np.unique(np.linspace(0, n_img - 1,
                                      min(n_img, max_images)).astype(int))]
   flat = sample.reshape(len(sample), -1)
@@ -1023,17 +1024,22 @@ def _gray_planes(rep, b, rep_shape, syms, photometric, budget, prior,
   chosen = [y] + best
   # The planes now agree with each other; the orientation of the whole
   # image is judged in full colour (grey images hide skies and grounds).
-  best_t, best_score = 0, -np.inf
+  # Inversions are judged jointly too: a grey Y plane's inversion is easy
+  # to get wrong with neutral chroma.
+  flips = ([(0, 0, 0)] if len(photometric) == 1
+           else list(itertools.product((0, 255), repeat=3)))
+  best_t, best_flip, best_score = 0, (0, 0, 0), -np.inf
   for t in syms:
     planes = [np.stack([schemes.square_transform(v, t) for v in c[3]])
               for c in chosen]
     if planes[0].shape[1:] != (h, w):
       continue
-    score = rgb_score(planes)
-    if score > best_score:
-      best_t, best_score = t, score
+    for flip in flips:
+      score = rgb_score([p ^ np.uint8(f) for p, f in zip(planes, flip)])
+      if score > best_score:
+        best_t, best_flip, best_score = t, flip, score
   source = np.concatenate([schemes.square_transform(c[1], best_t)
                            for c in chosen], axis=1)
-  mask = np.concatenate([schemes.square_transform(c[2], best_t)
-                         for c in chosen], axis=1)
+  mask = np.concatenate([schemes.square_transform(c[2], best_t) ^ np.uint8(f)
+                         for c, f in zip(chosen, best_flip)], axis=1)
   return source, mask, len(pick)
