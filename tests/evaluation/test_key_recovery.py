@@ -9,6 +9,7 @@ import pytest
 from scipy import ndimage
 
 from etcjax import encryption
+from etcjax import evaluate
 from etcjax.evaluation import key_recovery
 from etcjax.evaluation import key_recovery_scoring
 from etcjax.evaluation import sources
@@ -233,3 +234,11 @@ def test_task_resumes_finished_pieces(tfds_data_dir, tmp_path, monkeypatch):
                           s, a, n, *args, **k))
   key_recovery.run("cifar10", KEY, out, **kw)
   assert len(seen) == 2  # The first piece was not attacked again.
+
+
+def test_cli_refuses_bad_counts_and_writes_nothing(tmp_path, capsys):
+  code = evaluate.main(["key_recovery", "--ciphertexts=0,5",
+                        f"--out={tmp_path}", "--no_progress"])
+  assert code == 1
+  assert "ciphertext counts must be positive, got 0" in capsys.readouterr().err
+  assert not os.path.exists(tmp_path / "key_recovery" / "cifar10")
