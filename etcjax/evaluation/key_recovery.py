@@ -69,10 +69,9 @@ class Setting:
   steps: Optional[Tuple[str, ...]] = None
 
 
-# What a user can pick (item 5): block sizes where the scheme allows them
-# on both datasets' sizes (32 and 224 are multiples of 4, 8, 16, 32 and
-# 224 is not a multiple of 32: B=32 is CIFAR-10 only), grayscale EtC and
-# subsets of EtC's steps.
+# What a user can pick: block sizes (32x32 and 224x224 images are
+# multiples of 4, 8, 16 and 32; B=32 leaves CIFAR-10 one block), grayscale
+# EtC and subsets of EtC's steps.
 SETTINGS = (
     Setting("etc B=4", "etc", 4), Setting("etc B=8", "etc", 8),
     Setting("etc B=16", "etc", 16), Setting("etc B=32", "etc", 32),
