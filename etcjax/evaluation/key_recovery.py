@@ -12,7 +12,8 @@ scored against the truth by `key_recovery_scoring`. Writes
       table.{csv,md}          one row per (scheme, attack, N)
       breaking_point.{csv,md} per scheme and attack: the smallest N that
                               recovers the content / the key
-      recovery_ssim.png, recovery_blocks.png   recovery against N
+      recovery_*.png          SSIM (as decrypted, up to the mirror) and
+                              exact blocks against N
       examples_<i>.png        decryptions of two images at every N
       meta.json
     RUN/key_recovery/<dataset>-settings/   the same for the settings a user
@@ -429,6 +430,7 @@ def _attack(setting, attack, n, test, public, encrypted, key, examples, seed,
 
 def _figures(folder, dataset, rows, grids, test, labels, attacks) -> None:
   for metric, name in (("ssim", "recovery_ssim"),
+                       ("ssim_up_to_mirror", "recovery_ssim_up_to_mirror"),
                        ("blocks_exact", "recovery_blocks")):
     curves, panels = {}, {}
     for attack in attacks:
@@ -436,6 +438,7 @@ def _figures(folder, dataset, rows, grids, test, labels, attacks) -> None:
       for label in labels:
         points = sorted((r["ciphertexts"], r[metric]) for r in rows
                         if r["label"] == label and r["attack"] == attack
+                        and r.get(metric) is not None
                         and np.isfinite(r[metric]))
         if points:
           curve = f"{label} ({attack})"
