@@ -56,6 +56,9 @@ RECOVERED = "recovered"  # The fingerprint of every recovered plan.
 # ciphertexts than this allows are subsampled for the edges only.
 EDGE_BUDGET = 3e11
 ELE_MAX_BLOCKS = 256  # ELE's block solver is too slow beyond this.
+# The pooled edge Gram matrix holds (n 8 C) x (n 4 C) float32 values for n
+# blocks; 224x224 images in 4x4 blocks would need 11 GB (etc) or more.
+MAX_GRAM_BYTES = 4 << 30
 
 
 @dataclasses.dataclass(frozen=True)
@@ -597,6 +600,14 @@ def unsupported(scheme: str, image_shape, block_size: Optional[int] = None
   if scheme == "ele" and (h // b) * (w // b) > ELE_MAX_BLOCKS:
     return (f"ELE's per-block solver handles at most {ELE_MAX_BLOCKS} "
             f"blocks, this image has {(h // b) * (w // b)}")
+  if scheme in ("etc", "etc_gray", "block_common", "ele"):
+    n = (h // b) * (w // b) * (3 if scheme == "etc_gray" else 1)
+    c = 1 if scheme == "etc_gray" else 3
+    gram = (n * 8 * c) * (n * 4 * c) * 4
+    if gram > MAX_GRAM_BYTES:
+      return (f"the pooled edge statistics of {n} blocks would take "
+              f"{gram / 2**30:.0f} GiB (limit {MAX_GRAM_BYTES / 2**30:.0f} "
+              "GiB)")
   return None
 
 
