@@ -12,6 +12,8 @@ r"""CLI of the evaluation suite: everything measured besides accuracy.
         --adapted=ADAPTED --key_file=owner.key --out=RUN
     python -m etcjax.evaluate adapted_key_recovery --public=PLAIN/export \
         --adapted=ADAPTED --key_file=owner.key --out=RUN
+    python -m etcjax.evaluate key_recovery --datasets=cifar10 --size=full \
+        --ciphertexts=1,2,5,10,100,all --pairs=1,2,5 --out=RUN
     python -m etcjax.evaluate report --out=RUN
     python -m etcjax.evaluate all --size=smoke --out=RUN   # CI: every task
 
@@ -42,6 +44,7 @@ from etcjax import command_line
 from etcjax import encryption
 from etcjax.evaluation import attack_suite
 from etcjax.evaluation import compressibility
+from etcjax.evaluation import key_recovery
 from etcjax.evaluation import report
 from etcjax.evaluation import requests
 from etcjax.evaluation import sources
@@ -50,7 +53,8 @@ from etcjax.evaluation.attacks import brute_force
 from etcjax.evaluation.attacks import threat_model
 
 TASKS = ("compressibility", "visual", "attacks", "brute_force", "accuracy",
-         "adapted_accuracy", "adapted_key_recovery", "report", "all")
+         "adapted_accuracy", "adapted_key_recovery", "key_recovery",
+         "report", "all")
 
 
 def _names(text: str) -> List[str]:
@@ -175,6 +179,11 @@ def _parser() -> argparse.ArgumentParser:
                      "weights it came from")
   adapted_key_recovery_flags(p)
 
+  p = sub.add_parser("key_recovery",
+                     help="same-key attacks: what N ciphertexts of one key give")
+  common(p)
+  _key_recovery_flags(p)
+
   p = sub.add_parser("report", help="gather a run folder into report.md")
   common(p, datasets=False)
 
@@ -183,6 +192,7 @@ def _parser() -> argparse.ArgumentParser:
   _attack_flags(p, schemes=False)
   p.add_argument("--workers", type=int, default=2,
                  help="compressibility: coding processes (default 2)")
+  _key_recovery_flags(p, schemes=False)
   return parser
 
 
@@ -258,6 +268,30 @@ def run_adapted_key_recovery(args) -> None:
                key=(encryption.load_key(args.key_file)
                     if args.key_file else None),
                overwrite=args.overwrite)
+
+
+def _key_recovery_flags(p, schemes=True):
+  if schemes:
+    p.add_argument("--schemes", type=_names,
+                   default=list(key_recovery.DEFAULT_SCHEMES),
+                   help="comma-separated scheme names")
+    p.add_argument("--limit", type=int, default=None,
+                   help="evaluated test images (default: the size's)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the attack's sampling (default 0)")
+  p.add_argument("--ciphertexts", default=",".join(
+      str(c) for c in key_recovery.DEFAULT_CIPHERTEXTS),
+                 help="N values of the ciphertext-only attack: integers or "
+                 "'all' (key_recovery)")
+  p.add_argument("--pairs", default=",".join(
+      str(c) for c in key_recovery.DEFAULT_PAIRS),
+                 help="k values of the known-plaintext attack (key_recovery)")
+  p.add_argument("--key_attacks", type=_names,
+                 default=list(key_recovery.ATTACKS),
+                 help="comma-separated, from " + ", ".join(key_recovery.ATTACKS))
+  p.add_argument("--settings", action="store_true",
+                 help="attack the user-selectable settings (block sizes, "
+                 "steps) instead of --schemes (key_recovery)")
 
 
 def _attack_flags(p, schemes=True):
@@ -374,6 +408,16 @@ def _run(args) -> None:
           attack_names=args.attacks, seed=args.seed, test_limit=args.limit,
           jigsaw_limit=args.jigsaw_limit, training=_training(args),
           tag=args.tag, **data))
+  if args.task in ("key_recovery", "all"):
+    for dataset in args.datasets:
+      print(key_recovery.run(
+          dataset, key, args.out, size=args.size,
+          schemes=(args.schemes if args.task == "key_recovery"
+                   else key_recovery.DEFAULT_SCHEMES),
+          ciphertexts=args.ciphertexts, pairs=args.pairs,
+          attacks=args.key_attacks, settings=args.settings,
+          test_limit=args.limit if args.task == "key_recovery" else None,
+          seed=args.seed, **data))
   if args.task == "all":
     print(brute_force.run(args.out, overwrite=args.overwrite))
     print(report.write(args.out, overwrite=args.overwrite))

@@ -19,13 +19,15 @@ from etcjax import files
 from etcjax.evaluation import outputs
 
 REPORT_FILE = "report.md"
-TASK_ORDER = ("brute_force", "compressibility", "visual", "attacks", "accuracy")
+TASK_ORDER = ("brute_force", "compressibility", "visual", "attacks",
+              "key_recovery", "accuracy")
 # Tables and figures first in a section, in this order; the rest follow
 # alphabetically.
 PREFERRED = ("ratios", "paper_table_iv", "file_sizes", "visual_information",
              "ssim_psnr", "jigsaw", "brute_force", "learned", "accuracy",
-             "rate_distortion")
-_META_SHOWN = ("size", "images", "test_images", "jigsaw_images", "schemes",
+             "rate_distortion", "breaking_point", "table", "settings")
+_META_SHOWN = ("size", "images", "test_images", "public_images",
+               "jigsaw_images", "schemes", "ciphertexts", "pairs",
                "attacks", "codecs", "key_fingerprint", "model", "export",
                "finished", "seconds")
 

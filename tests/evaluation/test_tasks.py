@@ -210,7 +210,8 @@ def test_cli_all_smoke_with_every_attack(data_dir, tfds_data_dir,
   assert code == 0
   text = open(tmp_path / "report.md").read()
   for section in ("compressibility / cifar10", "visual / imagenette",
-                  "attacks / cifar10", "attacks / imagenette", "brute_force"):
+                  "attacks / cifar10", "attacks / imagenette", "brute_force",
+                  "key_recovery / cifar10", "key_recovery / imagenette"):
     assert section in text
   _, rows = tables.read_csv(str(tmp_path / "attacks" / "cifar10" / "ssim_psnr.csv"))
   attacks = {r["attack"] for r in rows if r["verdict"] != "n/a"}
