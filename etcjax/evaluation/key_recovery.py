@@ -37,6 +37,7 @@ from etcjax import encryption
 from etcjax.evaluation import figures
 from etcjax.evaluation import key_recovery_scoring
 from etcjax.evaluation import outputs
+from etcjax.evaluation import requests
 from etcjax.evaluation import resume
 from etcjax.evaluation import sources
 from etcjax.evaluation import tables
@@ -115,14 +116,14 @@ def parse_counts(text: Union[str, Sequence]) -> List[Union[int, str]]:
     try:
       value = int(item)
     except ValueError:
-      raise ValueError(
+      raise requests.RequestError(
           f"ciphertext counts are positive integers or 'all', got {item!r}"
       ) from None
     if value < 1:
-      raise ValueError(f"ciphertext counts must be positive, got {value}")
+      raise requests.RequestError(f"ciphertext counts must be positive, got {value}")
     out.append(value)
   if not out:
-    raise ValueError("no ciphertext counts given (e.g. 1,10,100,all)")
+    raise requests.RequestError("no ciphertext counts given (e.g. 1,10,100,all)")
   return out
 
 
@@ -255,12 +256,12 @@ def run(dataset: str, key: bytes, out_dir: str, *, size: str = "smoke",
   pairs = parse_counts(pairs)
   unknown = set(attacks) - set(ATTACKS)
   if unknown or not attacks:
-    raise ValueError(f"unknown attacks {sorted(unknown)}; known: {list(ATTACKS)}")
+    raise requests.RequestError(f"unknown attacks {sorted(unknown)}; known: {list(ATTACKS)}")
   if settings:
     chosen = list(SETTINGS)
   else:
     if not schemes:
-      raise ValueError(f"no schemes given; known: {sorted(encryption.SCHEMES)}")
+      raise requests.RequestError(f"no schemes given; known: {sorted(encryption.SCHEMES)}")
     for scheme in schemes:
       encryption.get_scheme(scheme)
     chosen = [Setting(s, s) for s in schemes]
