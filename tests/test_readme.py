@@ -121,8 +121,9 @@ def _limits(module, args):
 def _with_test_data(module, args, tfds_dir, cwd):
   # The README's placeholder for prepared data points at the test data;
   # its /tmp folders go to the scratch folder.
-  args = [a.replace("DATA/tensorflow_datasets", tfds_dir)
-          .replace("=/tmp/", f"={cwd}/tmp/") for a in args]
+  # (/tmp first: the test data itself may live under /tmp.)
+  args = [a.replace("=/tmp/", f"={cwd}/tmp/")
+          .replace("DATA/tensorflow_datasets", tfds_dir) for a in args]
   sub = args[0] if args and not args[0].startswith("-") else ""
   has_data = any(a.startswith("--data_dir") for a in args)
   if not has_data and (f"{module} {sub}" in NEEDS_TFDS or (
