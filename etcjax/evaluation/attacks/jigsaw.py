@@ -204,6 +204,44 @@ class _Frontier:
     return confidence, variant
 
 
+def place_greedily(frontier: "_Frontier", placed: Dict, total: int,
+                   used: np.ndarray, fits, place, solver: str,
+                   on_place=None) -> None:
+  """Grows a puzzle from its placed pieces until `total` cells are filled.
+
+  Each round places the most confident (cell, variant) of the frontier;
+  cells that no longer fit the puzzle's box are dropped (the box only grows,
+  so they never fit again). Shared by the image-by-image solver and the
+  same-key block solver, which differ only in how they score edges.
+
+  Args:
+    frontier: the `_Frontier` of candidate cells and their variant scores.
+    placed: cell -> variant index, filled by `place`.
+    total: the number of cells of the finished puzzle.
+    used: bool `[n]`, pieces already placed (read by `frontier.best`).
+    fits: cell -> whether placing there keeps the box within the grid.
+    place: (cell, variant) -> None, places a piece and extends the frontier.
+    solver: the solver's name, for the error of an impossible state.
+    on_place: optional callback after each placement (progress bars).
+  """
+  while len(placed) < total:
+    best = None
+    for cell in list(frontier.totals):
+      if not fits(cell):
+        frontier.remove(cell)
+        continue
+      confidence, variant = frontier.best(cell, used)
+      # Cells enclosed by more placed pieces are judged on more evidence.
+      priority = confidence * (1 + 0.5 * (frontier.counts[cell] - 1))
+      if best is None or priority > best[0]:
+        best = (priority, cell, variant)
+    if best is None:
+      raise AssertionError(f"{solver} found no free cell; this is a bug")
+    place(best[1], best[2])
+    if on_place is not None:
+      on_place()
+
+
 def solve(encrypted: np.ndarray, block_size: int, symmetries: Sequence[int],
           transforms: Sequence[priors.Photometric],
           choose_global: Optional[Callable[[List[np.ndarray]], int]] = None
@@ -260,20 +298,7 @@ def solve(encrypted: np.ndarray, block_size: int, symmetries: Sequence[int],
     return any(rows <= sh and cols <= sw for sh, sw in shapes)
 
   place((0, 0), _start_piece(tables, n, per_piece) * per_piece)
-  while len(placed) < n:
-    best = None
-    for cell in list(frontier.totals):
-      if not fits(cell):
-        frontier.remove(cell)  # The box only grows: it never fits again.
-        continue
-      confidence, variant = frontier.best(cell, used)
-      # Cells enclosed by more placed pieces are judged on more evidence.
-      priority = confidence * (1 + 0.5 * (frontier.counts[cell] - 1))
-      if best is None or priority > best[0]:
-        best = (priority, cell, variant)
-    if best is None:
-      raise AssertionError("jigsaw solver found no free cell; this is a bug")
-    place(best[1], best[2])
+  place_greedily(frontier, placed, n, used, fits, place, "jigsaw solver")
 
   r0, c0 = box[0], box[2]
   grid = np.zeros((box[1] - r0 + 1, box[3] - c0 + 1), np.int64)

@@ -377,20 +377,8 @@ def solve_blocks(edges: PooledEdges, grid_shape: Tuple[int, int],
   bar = tqdm.tqdm(total=gh * gw, desc="placing blocks", leave=False,
                   disable=not progress)
   bar.update(1)
-  while len(placed) < gh * gw:
-    best = None
-    for cell in list(frontier.totals):
-      if not fits(cell):
-        frontier.remove(cell)
-        continue
-      confidence, variant = frontier.best(cell, used)
-      priority = confidence * (1 + 0.5 * (frontier.counts[cell] - 1))
-      if best is None or priority > best[0]:
-        best = (priority, cell, variant)
-    if best is None:
-      raise AssertionError("block solver found no free cell; this is a bug")
-    place(best[1], best[2])
-    bar.update(1)
+  jigsaw.place_greedily(frontier, placed, gh * gw, used, fits, place,
+                        "block solver", on_place=lambda: bar.update(1))
   bar.close()
   return {cell: decode(v) for cell, v in placed.items()}
 
