@@ -221,9 +221,7 @@ def adapted_accuracy_flags(p: argparse.ArgumentParser) -> None:
   command_line.add_alias(p, "--key", "--key_file", type=path)
   p.add_argument("--dataset", default="cifar10",
                  help="whose test split: cifar10 (default) or imagenette")
-  p.add_argument("--data_dir", default=None, type=path,
-                 help="tfds data_dir holding cifar10 (default: tfds')")
-  command_line.add_alias(p, "--tfds_data_dir", "--data_dir", type=path)
+  data_flags(p)
   p.add_argument("--limit", type=int, default=None,
                  help="first N test images (default: all)")
   p.add_argument("--out", required=True, type=path,
@@ -256,6 +254,7 @@ def run_adapted_accuracy(args) -> None:
   from etcjax.evaluation import adapted_accuracy  # pylint: disable=g-import-not-at-top
   adapted_accuracy.run(args.plain, args.adapted, encryption.load_key(args.key_file),
           args.out, dataset=args.dataset, data_dir=args.data_dir,
+          imagenette_dir=args.imagenette_dir,
           limit=args.limit, overwrite=args.overwrite,
           progress=not args.no_progress)
 

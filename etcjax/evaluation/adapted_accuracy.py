@@ -27,6 +27,7 @@ _BATCH = 500
 
 def run(plain_dir: str, adapted_dir: str, key: bytes, out_dir: str, *,
             dataset: str = "cifar10", data_dir: Optional[str] = None,
+            imagenette_dir: Optional[str] = None,
             limit: Optional[int] = None, overwrite: bool = False,
             progress: bool = True) -> Dict[str, Any]:
   """Plain model on plain test images vs adapted model on encrypted ones.
@@ -39,9 +40,9 @@ def run(plain_dir: str, adapted_dir: str, key: bytes, out_dir: str, *,
     adapted_dir: its adapted export (`python -m etcjax.adapt export`).
     key: the adapted export's key.
     out_dir: the run folder.
-    dataset: 'cifar10' (its test split) or 'imagenette' (val) -- only
-      cifar10 needs no further flags.
-    data_dir: tfds data_dir.
+    dataset: 'cifar10' (its test split) or 'imagenette' (val).
+    data_dir: tfds data_dir (cifar10).
+    imagenette_dir: the Imagenette folder (required for 'imagenette').
     limit: first N test images (None: all).
     overwrite: replace existing results.
     progress: show progress bars.
@@ -68,7 +69,8 @@ def run(plain_dir: str, adapted_dir: str, key: bytes, out_dir: str, *,
                                         block_size=info["block_size"],
                                         key_fingerprint=info["key_fingerprint"]))
   split = sources.DATASETS[dataset][0]
-  test = sources.load(dataset, split, data_dir=data_dir, limit=limit,
+  test = sources.load(dataset, split, data_dir=data_dir,
+                      imagenette_dir=imagenette_dir, limit=limit,
                       progress=progress)
   images = accuracy.resize(test.images, plain_info["image_shape"][:2])
   plain_module, plain_vars, _ = inference.export.load(plain_dir)
