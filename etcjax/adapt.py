@@ -101,9 +101,10 @@ def adapt_export(export_dir: str, key: bytes, out_dir: str, *,
 
   Raises:
     FileExistsError: `out_dir` holds something.
-    key_adaptation.AdaptationError: the model cannot absorb the plan.
-    ValueError: the source model is not a plain-image model, or the check
-      failed.
+    key_adaptation.AdaptationError: the source model is not a plain-image
+      model, or cannot absorb the plan.
+    ValueError: the check failed (a bug of the adaptation, so the CLI
+      shows its traceback).
   """
   if os.path.exists(out_dir) and (not os.path.isdir(out_dir)
                                   or os.listdir(out_dir)):
@@ -112,12 +113,13 @@ def adapt_export(export_dir: str, key: bytes, out_dir: str, *,
         "choose another --out")
   module, variables, info = export_lib.load(export_dir)
   if info["scheme"] is not None:
-    raise ValueError(
+    raise key_adaptation.AdaptationError(
         f"{export_dir} is a model of {info['scheme']!r}-encrypted images; "
         "adapt a model trained on plain images")
   kwargs = dict(info["model_kwargs"])
   if kwargs.get("per_position_embedding"):
-    raise ValueError(f"{export_dir} already has a per-position embedding")
+    raise key_adaptation.AdaptationError(
+        f"{export_dir} already has a per-position embedding")
   patch = getattr(module, "patch_size", None)
   if patch is None:
     raise key_adaptation.AdaptationError(

@@ -2,26 +2,50 @@
 
 Only the faces (`main`, `encrypt`, `predict`, `evaluate`, `adapt`) import
 this module; the library never does. The library raises specific exception
-classes; this module knows which of them are the user's mistake (a wrong
-path, flag, key, config or dataset) and turns those into one line on
-stderr:
+classes, and marks those that are the user's mistake (a wrong path, flag,
+key, model, image shape, config or dataset; damaged data) with the mixin
+`etcjax.errors.UserError`; this module turns those into one line on stderr:
 
     error: <what was wrong, what was expected>
 
-with exit status 1, and argparse / absl usage errors into exit status 2.
-Anything else is a bug and keeps its traceback.
+with exit status 1, and usage errors (argparse / absl flag errors and
+`UsageError`: flags that are malformed or do not fit together) into exit
+status 2. Anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import re
 import sys
-from typing import Callable, Optional, Sequence, Tuple, Type
+import tempfile
+from typing import Callable, Optional, Sequence
+
+from etcjax import errors
 
 USAGE_ERROR = 2
 FAILURE = 1
+
+
+def _keep_keras_out_of_home() -> None:
+  """Points KERAS_HOME away from ~/.keras, unless the user has set it.
+
+  TensorFlow imports Keras, and importing Keras creates ~/.keras (a
+  keras.json of its defaults) unless KERAS_HOME is set. etcjax never reads
+  Keras' config nor downloads through Keras, and a command must not write
+  under the user's home unasked (tests/test_cli_errors.py checks it). A
+  per-user folder of the temp dir is where Keras itself goes when the
+  home is not writable (/tmp/.keras); a KERAS_HOME the user set wins.
+  """
+  os.environ.setdefault("KERAS_HOME", os.path.join(
+      tempfile.gettempdir(), f"etcjax-keras-{os.getuid()}"))
+
+
+# At import: every face imports this module before any module that imports
+# TensorFlow, and Keras reads KERAS_HOME once, when it is first imported.
+_keep_keras_out_of_home()
 
 
 def resolve_path(path: Optional[str]) -> Optional[str]:
@@ -75,45 +99,27 @@ def add_alias(parser: argparse.ArgumentParser, old: str, new: str,
   parser._option_string_actions[old] = action  # pylint: disable=protected-access
 
 
-def user_errors() -> Tuple[Type[BaseException], ...]:
-  """The exception classes that report a user's mistake, not a bug.
+# Failures of the file system that are the user's to fix (a wrong or
+# missing path, a folder that exists, no permission, a full or read-only
+# disk), not bugs; other OSErrors keep their traceback.
+FILE_SYSTEM_ERRORS = (FileNotFoundError, FileExistsError, IsADirectoryError,
+                      NotADirectoryError, PermissionError)
+FILE_SYSTEM_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
 
-  Classes of modules the running face has not imported cannot have been
-  raised, so they are looked up in `sys.modules` only: `predict` does not
-  import TensorFlow to learn about a training error.
+
+def is_user_error(error: BaseException) -> bool:
+  """Whether `error` reports a user's mistake (one line), not a bug.
+
+  The library marks those with `etcjax.errors.UserError` (a mixin of its
+  specific classes: InvalidKeyError, UnknownSchemeError, UnknownModelError,
+  ImageShapeError, DatasetError, ConfigError, ...); a plain ValueError,
+  KeyError or TypeError is a bug and keeps its traceback.
   """
-  errors = [
-      # The file system: a wrong or missing path, a folder that exists.
-      FileNotFoundError, FileExistsError, IsADirectoryError,
-      NotADirectoryError, PermissionError,
-  ]
-  for module_name, names in USER_ERRORS:
-    module = sys.modules.get(module_name)
-    if module is not None:
-      errors += [getattr(module, n) for n in names if hasattr(module, n)]
-  return tuple(errors)
-
-
-# (module, exception class names) of the library's user-mistake errors.
-USER_ERRORS = (
-    ("etcjax.files", ("FolderLockedError",)),
-    # ManifestError, DatasetMismatchError, IncompleteSplitError,
-    # DamagedFileError, UnverifiableDatasetError are DatasetErrors.
-    ("etcjax.data.encrypted_dataset", ("DatasetError",)),
-    ("etcjax.encryption.keys", ("InvalidKeyError", "KeyMismatchError")),
-    ("etcjax.encryption.schemes", ("UnknownSchemeError",
-                                   "SchemeParameterError", "InvalidStepsError",
-                                   "DuplicateImageIdsError")),
-    ("etcjax.models.key_adaptation", ("AdaptationError",)),
-    ("etcjax.models.checkpoint", ("CheckpointMismatchError",)),
-    ("etcjax.data.errors", ("DataError",)),
-    ("etcjax.training.default_config", ("ConfigError",)),
-    ("etcjax.training.train", ("NonFiniteLossError",)),
-    ("etcjax.training.checkpointing", ("WorkdirMismatchError",)),
-    ("etcjax.inference.classifier", ("InputError",)),
-    ("etcjax.inference.export", ("ExportError",)),
-    ("etcjax.evaluation.requests", ("RequestError", "MissingExtraError")),
-)
+  if isinstance(error, errors.UserError):
+    return True
+  if isinstance(error, FILE_SYSTEM_ERRORS):
+    return True
+  return isinstance(error, OSError) and error.errno in FILE_SYSTEM_ERRNOS
 
 
 def one_line(error) -> str:
@@ -140,19 +146,18 @@ def one_line(error) -> str:
 
 
 def run(main: Callable[[Optional[Sequence[str]]], int],
-        argv: Optional[Sequence[str]] = None,
-        extra_errors: Tuple[Type[BaseException], ...] = ()) -> int:
-  """Runs an argparse face's `_main(argv)`; returns the exit status.
+        argv: Optional[Sequence[str]] = None) -> int:
+  """Runs a face's body `main(argv)`; returns the exit status.
 
   Args:
     main: the face's body; returns 0 (or raises).
     argv: arguments (None: sys.argv[1:]).
-    extra_errors: further exception classes the face knows to be user
-      mistakes (e.g. its own argument checks).
 
   Returns:
-    0, `FAILURE` for a user's mistake (one line on stderr), `USAGE_ERROR`
-    for bad flags (argparse prints its usage line).
+    0; `USAGE_ERROR` for flags that are malformed or do not fit together
+    (argparse prints its usage line, `UsageError` one line); `FAILURE` for
+    any other user's mistake (`is_user_error`: one line on stderr).
+    Anything else propagates with its traceback: it is a bug.
   """
   try:
     return main(argv) or 0
@@ -161,10 +166,12 @@ def run(main: Callable[[Optional[Sequence[str]]], int],
   except UsageError as e:
     print(one_line(e), file=sys.stderr)
     return USAGE_ERROR
-  except user_errors() + tuple(extra_errors) as e:
+  except Exception as e:  # pylint: disable=broad-except
+    if not is_user_error(e):
+      raise
     print(one_line(e), file=sys.stderr)
     return FAILURE
 
 
-class UsageError(ValueError):
+class UsageError(errors.UserError, ValueError):
   """Flags that do not fit together (exit status 2)."""

@@ -138,9 +138,10 @@ def cmd_encrypt(args) -> int:
     jpeg.check_jpeg_compatible(args.scheme, block_size, args.subsampling)
     quality = 85 if args.quality is None else args.quality
     if not 1 <= quality <= 100:
-      raise ValueError(f"--quality must be in [1, 100], got {quality}")
+      raise command_line.UsageError(
+          f"--quality must be in [1, 100], got {quality}")
   elif args.quality is not None:
-    raise ValueError("--quality applies to --format=jpeg only")
+    raise command_line.UsageError("--quality applies to --format=jpeg only")
   else:
     quality = None
 
@@ -155,9 +156,11 @@ def cmd_encrypt(args) -> int:
     plan = encryption.make_plan(
         key, args.scheme, image_shape, block_size, steps,
         image_ids=[0] if args.scheme == "pe_per_image" else None)
-  except ValueError as e:
-    raise ValueError(
-        f"{e}{'' if args.resize else ' (or pass --resize=H,W)'}") from None
+  except encryption.SchemeParameterError as e:  # The images' shape.
+    if args.resize:
+      raise
+    raise encryption.SchemeParameterError(
+        f"{e} (or pass --resize=H,W)") from None
   gray = plan.encrypted_shape[-1] == 1
   new = encrypted_dataset.make_manifest(
       scheme=args.scheme, block_size=block_size, steps=steps,
@@ -383,10 +386,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     Exit status: 0 success, 1 error or failed images (one line on stderr),
     2 usage errors.
   """
-  # The plain-source and JPEG checks still raise plain ValueErrors about
-  # the command's flags; they are reported as one line too. Messages of
-  # etcjax never contain the key; they name files and values.
-  return command_line.run(_main, argv, extra_errors=(ValueError, OSError))
+  return command_line.run(_main, argv)
 
 
 def _main(argv: Optional[Sequence[str]]) -> int:

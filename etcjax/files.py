@@ -21,10 +21,12 @@ import sys
 import tempfile
 from typing import Iterator
 
+from etcjax import errors
+
 LOCK_FILE = ".etcjax.lock"
 
 
-class FolderLockedError(RuntimeError):
+class FolderLockedError(errors.UserError, RuntimeError):
   """Another process holds the lock of a folder this process must write."""
 
 

@@ -28,6 +28,7 @@ from PIL import Image
 from etcjax import command_line
 from etcjax import encryption
 from etcjax import inference
+from etcjax.data import errors as data_errors
 from etcjax.data import image_folder
 from etcjax.encryption import jpeg
 
@@ -89,7 +90,8 @@ def read_images(files: Sequence[str], shape, encrypted: bool,
           image = jpeg.decode_image(f.read(), channels=shape[-1], name=path)
       else:
         image = image_folder.read_image(path)
-    except ValueError as e:  # An unreadable image file, named.
+    except (data_errors.DataError, jpeg.UndecodableImageError) as e:
+      # An unreadable image file, named.
       raise inference.InputError(str(e)) from None
     if image.shape != tuple(shape):
       if resize and not encrypted:

@@ -14,6 +14,8 @@ import math
 
 import tensorflow as tf
 
+from etcjax.data import errors
+
 CROP_MODES = ("random_crop_pad", "random_resized_crop", "resize", "none")
 
 # Random erasing (Zhong et al. 2020): erased area as a fraction of the image,
@@ -118,7 +120,8 @@ def crop(image, mode: str, size: int, seed, train: bool):
     uint8 `[size, size, C]`.
   """
   if mode not in CROP_MODES:
-    raise ValueError(f"augment.crop must be one of {CROP_MODES}, got {mode!r}")
+    raise errors.DataError(
+        f"augment.crop must be one of {CROP_MODES}, got {mode!r}")
   if mode == "none":
     shape = tf.shape(image)
     check = tf.debugging.Assert(

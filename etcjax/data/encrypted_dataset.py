@@ -61,6 +61,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from etcjax import errors
 from etcjax import files
 from etcjax.encryption import jpeg
 from etcjax.encryption import keys
@@ -73,7 +74,7 @@ MANIFEST_FILE = "manifest.json"
 HASH_FIELD = "sha256"
 
 
-class DatasetError(ValueError):
+class DatasetError(errors.UserError, ValueError):
   """An encrypted dataset cannot be used as asked; the message says why."""
 
 
@@ -616,7 +617,7 @@ def record_hashes(root: str | os.PathLike, manifest: Dict[str, Any],
         data = f.read()
       try:
         image = jpeg.decode_image(data, shape[-1], name=path)
-      except ValueError as e:
+      except jpeg.UndecodableImageError as e:
         bad.append(str(e))
         continue
       if image.shape != shape:

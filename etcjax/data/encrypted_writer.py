@@ -37,6 +37,7 @@ import tqdm
 
 from etcjax import files
 from etcjax.data import encrypted_dataset
+from etcjax.data import errors
 from etcjax.data import plain_sources
 from etcjax.encryption import jpeg
 
@@ -244,11 +245,13 @@ def write_split(split: plain_sources.SourceSplit, out: str,
         if resize:
           image = plain_sources.resize(image, image_shape[:2])
         if image.shape != tuple(image_shape):
-          raise ValueError(
+          raise errors.DataError(
               f"{split.source_name(int(i))} has shape {image.shape}; this "
               f"dataset's images are {tuple(image_shape)} (pass --resize=H,W "
               "to resize every image)")
-      except ValueError as e:
+      except (errors.DataError, jpeg.UndecodableImageError) as e:
+        # This image is unreadable or unlike the others; the rest go on
+        # (a bug still stops the run with its traceback).
         failures.append((int(i), str(e)))
         continue
       images.append(image)
@@ -524,7 +527,7 @@ def decrypt_dataset(in_dir: str, manifest: Dict, out: str,
             jpeg.decode_image(d, encrypted_shape[-1], name=paths[p])
             for p, d in zip(positions, data)])
         if encrypted.shape[1:] != encrypted_shape:
-          raise ValueError(
+          raise encrypted_dataset.DatasetMismatchError(
               f"encrypted images such as {paths[positions[0]]} have shape "
               f"{encrypted.shape[1:]}, the manifest says {encrypted_shape}")
         plain = decrypt_fn(split, indices[positions], encrypted)

@@ -5,8 +5,10 @@ data fields of a config that do not fit together; the command-line faces
 print them as one line.
 """
 
+from etcjax import errors
 
-class DataError(ValueError):
+
+class DataError(errors.UserError, ValueError):
   """A dataset, split or data config field that cannot be used as asked."""
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
+from etcjax.data import errors
 from etcjax.encryption import jpeg
 from etcjax.encryption import plans
 
@@ -129,7 +130,7 @@ def check_jpeg(plan: plans.Plan, quality: int) -> None:
       JPEG-compliant.
   """
   if isinstance(quality, bool) or not 1 <= quality <= 100:
-    raise ValueError(
+    raise errors.DataError(
         f"encryption.jpeg_quality must be an integer in [1, 100] or None, got "
         f"{quality!r}")
   jpeg.check_jpeg_compatible(plan.scheme, plan.block_size, "4:2:0")

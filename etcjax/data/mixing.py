@@ -15,6 +15,8 @@ from typing import Tuple
 import jax
 import jax.numpy as jnp
 
+from etcjax.data import errors
+
 
 def onehot(labels, num_classes: int, label_smoothing: float = 0.0):
   """One-hot targets with optional label smoothing.
@@ -29,7 +31,7 @@ def onehot(labels, num_classes: int, label_smoothing: float = 0.0):
     float32 `[B, K]`, every row summing to 1.
   """
   if not 0.0 <= label_smoothing < 1.0:
-    raise ValueError(
+    raise errors.DataError(
         f"label_smoothing must be in [0, 1), got {label_smoothing}")
   targets = jax.nn.one_hot(labels, num_classes, dtype=jnp.float32)
   return targets * (1.0 - label_smoothing) + label_smoothing / num_classes
@@ -91,10 +93,10 @@ def mix(rng, images, labels_onehot, mixup_alpha: float, cutmix_alpha: float,
   for name, value in (("mixup_alpha", mixup_alpha),
                       ("cutmix_alpha", cutmix_alpha)):
     if value < 0:
-      raise ValueError(f"{name} must be >= 0, got {value}")
+      raise errors.DataError(f"{name} must be >= 0, got {value}")
   for name, value in (("mix_prob", mix_prob), ("switch_prob", switch_prob)):
     if not 0.0 <= value <= 1.0:
-      raise ValueError(f"{name} must be in [0, 1], got {value}")
+      raise errors.DataError(f"{name} must be in [0, 1], got {value}")
   if images.ndim != 4 or labels_onehot.ndim != 2 or \
       images.shape[0] != labels_onehot.shape[0]:
     raise ValueError(

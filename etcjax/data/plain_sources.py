@@ -17,6 +17,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 from PIL import Image
 
+from etcjax.data import errors
 from etcjax.data import image_folder
 
 
@@ -92,7 +93,7 @@ def _open_folder(root: str, splits: Sequence[str], limit: Optional[int]
   for split in splits:
     folder = image_folder.scan(os.path.join(root, split))
     if names is not None and folder.class_names != names:
-      raise ValueError(
+      raise errors.DataError(
           f"split folders of {root} have different classes: "
           f"{splits[0]!r} has {names}, {split!r} has {folder.class_names}; "
           "every split needs the same class sub-folders")
@@ -126,19 +127,20 @@ def open_source(spec: str, splits: Sequence[str],
   """
   kind, _, name = spec.partition(":")
   if kind not in ("tfds", "folder") or not name:
-    raise ValueError(
+    raise errors.DataError(
         f"--source must be 'tfds:NAME' or 'folder:ROOT', got {spec!r}")
   if not splits:
-    raise ValueError("--split needs at least one split name")
+    raise errors.SplitError("--split needs at least one split name")
   for split in splits:
     if not split or any(c in split for c in "[]:/\\%") or split.startswith("."):
-      raise ValueError(
+      raise errors.SplitError(
           f"split name {split!r} is not a plain split name (no tfds slicing; "
           "use --limit to take the first images of a split)")
   if len(set(splits)) != len(splits):
-    raise ValueError(f"--split lists a split twice: {list(splits)}")
+    raise errors.SplitError(f"--split lists a split twice: {list(splits)}")
   if limit is not None and limit < 1:
-    raise ValueError(f"--limit must be a positive number of images, got {limit}")
+    raise errors.DataError(
+        f"--limit must be a positive number of images, got {limit}")
   if kind == "tfds":
     info, names, opened = _open_tfds(name, splits, tfds_data_dir, limit)
   else:
@@ -167,16 +169,17 @@ def first_image_shape(source: Source) -> Tuple[int, int, int]:
   """The shape `(H, W, 3)` of the first readable image of a source.
 
   Raises:
-    ValueError: none of the first readable candidates (up to 10 failures)
+    DataError: none of the first readable candidates (up to 10 failures)
       could be read; the message lists why.
   """
-  errors = []
+  problems = []
   for split in source.splits:
     for i in range(len(split)):
       try:
         return tuple(split.read(i).shape)
-      except ValueError as e:
-        errors.append(str(e))
-        if len(errors) >= 10:
+      except errors.DataError as e:  # An unreadable image, named.
+        problems.append(str(e))
+        if len(problems) >= 10:
           break
-  raise ValueError(f"no readable image found in {source.spec}: {errors}")
+  raise errors.DataError(
+      f"no readable image found in {source.spec}: {problems}")

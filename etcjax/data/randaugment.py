@@ -30,6 +30,7 @@ from typing import Optional, Tuple
 import tensorflow as tf
 
 from etcjax.data import augment
+from etcjax.data import errors
 
 OPS = ("identity", "autocontrast", "equalize", "rotate", "solarize", "color",
        "posterize", "contrast", "brightness", "sharpness", "shear_x",
@@ -55,12 +56,12 @@ def parse(spec: str) -> Optional[Tuple[int, float]]:
     return None
   match = re.fullmatch(r"n(\d+)-m(\d+(?:\.\d+)?)", spec)
   if not match:
-    raise ValueError(
+    raise errors.DataError(
         f"augment.randaugment must be '' or 'n<num_ops>-m<magnitude>' such as "
         f"'n2-m9', got {spec!r}")
   num_ops, magnitude = int(match.group(1)), float(match.group(2))
   if num_ops < 1 or magnitude > MAX_MAGNITUDE:
-    raise ValueError(
+    raise errors.DataError(
         f"augment.randaugment {spec!r}: needs num_ops >= 1 and magnitude in "
         f"[0, {MAX_MAGNITUDE:g}]")
   return num_ops, magnitude

@@ -20,6 +20,8 @@ from typing import Iterator, Tuple
 
 import numpy as np
 
+from etcjax.data import errors
+
 
 def _check_sharding(batch_size: int, process_index: int,
                     process_count: int, what: str) -> int:
@@ -29,7 +31,7 @@ def _check_sharding(batch_size: int, process_index: int,
         f"process_index must be in [0, process_count), got process_index "
         f"{process_index} and process_count {process_count}")
   if batch_size < 1 or batch_size % process_count:
-    raise ValueError(
+    raise errors.DataError(
         f"{what} {batch_size} must be a positive multiple of the number of "
         f"hosts (process_count {process_count}); it is the global batch size")
   return batch_size // process_count
@@ -71,7 +73,8 @@ class TrainOrder:
       process_count: number of hosts.
     """
     if num_examples < 1:
-      raise ValueError(f"cannot train on an empty dataset (num_examples {num_examples})")
+      raise errors.DataError(
+          f"cannot train on an empty dataset (num_examples {num_examples})")
     self.local_batch_size = _check_sharding(batch_size, process_index,
                                             process_count, "batch_size")
     self.num_examples = num_examples
@@ -134,7 +137,8 @@ def eval_batches(num_examples: int, batch_size: int, process_index: int = 0,
     `[B / process_count]`, False on padding.
   """
   if num_examples < 1:
-    raise ValueError(f"cannot evaluate on an empty split (num_examples {num_examples})")
+    raise errors.DataError(
+        f"cannot evaluate on an empty split (num_examples {num_examples})")
   local = _check_sharding(batch_size, process_index, process_count,
                           "eval_batch_size")
   for batch in range(num_eval_batches(num_examples, batch_size)):

@@ -14,6 +14,8 @@ import jax
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
+from etcjax.data import errors
+
 DATA_AXIS = "data"
 
 
@@ -58,7 +60,7 @@ def check_batch_size(global_batch: int, what: str = "config.batch_size") -> int:
   """
   devices = jax.device_count()
   if global_batch < 1 or global_batch % devices:
-    raise ValueError(
+    raise errors.DataError(
         f"{what}={global_batch} must be a positive multiple of the "
         f"number of devices ({devices} over {jax.process_count()} "
         "process(es)), so every device gets the same number of images")

@@ -328,6 +328,6 @@ def find_unreadable(paths) -> Optional[str]:
     path = os.fsdecode(path)
     try:
       image_folder.read_image(path)
-    except ValueError as e:
+    except errors.DataError as e:
       return str(e)
   return None

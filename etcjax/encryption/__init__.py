@@ -38,9 +38,12 @@ from etcjax.encryption.keys import (InvalidKeyError, KeyMismatchError,
                                     fingerprint, generate_key, load_key,
                                     save_key)
 from etcjax.encryption.host_kernel import apply_numpy, invert_numpy
-from etcjax.encryption.plans import Plan, apply, invert
+from etcjax.encryption.plans import (ImageDtypeError, ImageShapeError, Plan,
+                                     apply, invert)
 from etcjax.encryption.schemes import (SCHEMES, DuplicateImageIdsError,
-                                       InvalidStepsError, Scheme, get_scheme,
+                                       InvalidStepsError, Scheme,
+                                       SchemeParameterError,
+                                       UnknownSchemeError, get_scheme,
                                        make_plan, representation_plan)
 
 
@@ -85,7 +88,7 @@ def _plan_for(images, key, scheme, block_size, steps, image_ids, encrypted):
   h, w, c = shape[1:]
   if encrypted and get_scheme(scheme).representation == plans.YCBCR_GRAY:
     if w % 3 or c != 1:
-      raise ValueError(
+      raise plans.ImageShapeError(
           "grayscale-based EtC images have shape [N, H, 3W, 1], got "
           f"{tuple(shape)}")
     h, w, c = h, w // 3, 3
@@ -138,8 +141,9 @@ def decrypt(images, key: bytes, scheme: str = "etc",
 
 
 __all__ = [
-    "DuplicateImageIdsError", "InvalidKeyError", "InvalidStepsError",
-    "KeyMismatchError", "KeyStream", "Plan", "SCHEMES",
+    "DuplicateImageIdsError", "ImageDtypeError", "ImageShapeError",
+    "InvalidKeyError", "InvalidStepsError", "KeyMismatchError", "KeyStream",
+    "Plan", "SCHEMES", "SchemeParameterError", "UnknownSchemeError",
     "Scheme", "apply", "apply_numpy", "check_fingerprint", "check_key",
     "decrypt", "encrypt", "fingerprint", "generate_key", "get_scheme",
     "invert", "invert_numpy", "load_key", "make_plan", "representation_plan",

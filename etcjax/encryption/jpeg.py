@@ -32,6 +32,7 @@ from typing import List, Optional, Sequence
 import numpy as np
 from PIL import Image
 
+from etcjax import errors
 from etcjax.encryption import plans
 from etcjax.encryption import schemes
 
@@ -39,6 +40,16 @@ from etcjax.encryption import schemes
 SUBSAMPLINGS = {"4:4:4": 0, "4:2:0": 2}
 # Codec name -> file extension of the encrypted-dataset layout.
 CODECS = {"jpeg": ".jpg", "png": ".png"}
+
+
+class JpegParameterError(errors.UserError, ValueError):
+  """Codec settings that cannot be used: an unknown codec, chroma
+  subsampling or channel count, a quality outside [1, 100], or a scheme or
+  block size that is not JPEG-compliant."""
+
+
+class UndecodableImageError(errors.UserError, ValueError):
+  """Bytes that are not a readable image (a damaged or foreign file)."""
 
 
 def mcu_size(subsampling: Optional[str], channels: int = 3) -> int:
@@ -60,7 +71,7 @@ def mcu_size(subsampling: Optional[str], channels: int = 3) -> int:
 
 def _check_subsampling(subsampling) -> None:
   if subsampling not in SUBSAMPLINGS:
-    raise ValueError(
+    raise JpegParameterError(
         f"chroma subsampling must be one of {sorted(SUBSAMPLINGS)}, got "
         f"{subsampling!r}")
 
@@ -97,7 +108,7 @@ def check_jpeg_compatible(scheme: str, block_size: Optional[int],
   if not spec.jpeg_compliant:
     if allow_noncompliant:
       return
-    raise ValueError(
+    raise JpegParameterError(
         f"scheme {scheme!r} is not JPEG-compliant (it is not designed to "
         "survive JPEG compression); write it losslessly (PNG) instead, or use "
         "a JPEG-compliant scheme: "
@@ -111,7 +122,7 @@ def check_jpeg_compatible(scheme: str, block_size: Optional[int],
                 f"{mcu}x{mcu} units")
       if subsampling == "4:2:0" and block_size % 8 == 0:
         detail += "; use 4:4:4 subsampling for this block size"
-    raise ValueError(
+    raise JpegParameterError(
         f"block size {block_size} of scheme {scheme!r} is not JPEG-compliant: "
         f"{detail}, so the block size must be a multiple of {mcu}")
 
@@ -119,9 +130,10 @@ def check_jpeg_compatible(scheme: str, block_size: Optional[int],
 def _check_images(images) -> np.ndarray:
   images = np.asarray(images)
   if images.dtype != np.uint8:
-    raise TypeError(f"images must be uint8 in [0, 255], got dtype {images.dtype}")
+    raise plans.ImageDtypeError(
+        f"images must be uint8 in [0, 255], got dtype {images.dtype}")
   if images.ndim != 4 or images.shape[-1] not in (1, 3):
-    raise ValueError(
+    raise plans.ImageShapeError(
         "images must have shape [N, H, W, C] with C = 1 (grayscale) or 3 "
         f"(RGB), got {images.shape}")
   return images
@@ -147,7 +159,8 @@ def encode_jpeg_image(image: np.ndarray, quality: int,
   """
   if isinstance(quality, bool) or not isinstance(quality, (int, np.integer)) \
       or not 1 <= quality <= 100:
-    raise ValueError(f"JPEG quality must be an integer in [1, 100], got {quality!r}")
+    raise JpegParameterError(
+        f"JPEG quality must be an integer in [1, 100], got {quality!r}")
   _check_subsampling(subsampling)
   buffer = io.BytesIO()
   _to_pil(image).save(buffer, format="JPEG", quality=int(quality),
@@ -213,7 +226,8 @@ def encode(images, codec: str, quality: Optional[int] = None,
     return encode_jpeg(images, quality, subsampling)
   if codec == "png":
     return encode_png(images)
-  raise ValueError(f"codec must be one of {sorted(CODECS)}, got {codec!r}")
+  raise JpegParameterError(
+      f"codec must be one of {sorted(CODECS)}, got {codec!r}")
 
 
 def _decode_jpeg_replicating_chroma(data: bytes, channels: Optional[int],
@@ -224,7 +238,7 @@ def _decode_jpeg_replicating_chroma(data: bytes, channels: Optional[int],
     image = tf.io.decode_jpeg(data, channels=channels or 0,
                               fancy_upscaling=False)
   except tf.errors.InvalidArgumentError as e:
-    raise ValueError(f"cannot decode {name}: {e.message}") from None
+    raise UndecodableImageError(f"cannot decode {name}: {e.message}") from None
   image = image.numpy()
   if channels is None and image.shape[-1] not in (1, 3):
     image = image[..., :3]  # CMYK-like JPEGs; not produced by this module.
@@ -250,10 +264,12 @@ def decode_image(data: bytes, channels: Optional[int] = None,
     uint8 `[H, W, C]` in [0, 255].
 
   Raises:
-    ValueError: the bytes are not a readable image.
+    UndecodableImageError (a ValueError): the bytes are not a readable
+      image.
   """
   if channels not in (None, 1, 3):
-    raise ValueError(f"channels must be None, 1 or 3, got {channels!r}")
+    raise JpegParameterError(
+        f"channels must be None, 1 or 3, got {channels!r}")
   if not fancy_upsampling and bytes(data[:2]) == b"\xff\xd8":
     return _decode_jpeg_replicating_chroma(data, channels, name)
   try:
@@ -262,7 +278,7 @@ def decode_image(data: bytes, channels: Optional[int] = None,
         channels = 1 if image.mode in ("L", "I;16", "I", "1") else 3
       array = np.asarray(image.convert("L" if channels == 1 else "RGB"))
   except (OSError, SyntaxError, ValueError) as e:
-    raise ValueError(f"cannot decode {name}: {e}") from None
+    raise UndecodableImageError(f"cannot decode {name}: {e}") from None
   return array.reshape(array.shape[:2] + (channels,))
 
 
@@ -289,7 +305,7 @@ def decode(files: Sequence[bytes], channels: Optional[int] = None,
             for i, data in enumerate(files)]
   shapes = {image.shape for image in images}
   if len(shapes) > 1:
-    raise ValueError(
+    raise plans.ImageShapeError(
         f"files of a batch must decode to one shape, got {sorted(shapes)}")
   return np.stack(images)
 

@@ -22,6 +22,8 @@ import tempfile
 
 import numpy as np
 
+from etcjax import errors
+
 KEY_BYTES = 32
 # Domain separation: bumping this changes every derived plan, so encrypted
 # data made by different format versions can never be confused.
@@ -29,11 +31,11 @@ _KDF_SALT = b"etcjax/kdf/v1"
 _FINGERPRINT_PREFIX = b"etcjax/fingerprint/v1"
 
 
-class InvalidKeyError(ValueError):
+class InvalidKeyError(errors.UserError, ValueError):
   """Raised for malformed key material (wrong type or length)."""
 
 
-class KeyMismatchError(ValueError):
+class KeyMismatchError(errors.UserError, ValueError):
   """Raised when a key's fingerprint differs from the one data was made with."""
 
 

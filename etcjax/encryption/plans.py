@@ -38,6 +38,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from etcjax import errors
 from etcjax.encryption import block_apply
 
 # Representations: how uint8 RGB images map to the flat integer vector that
@@ -297,6 +298,15 @@ def _decrypt_flat(ungather, xor, encrypted, *, representation, out_shape):
 # Validation.
 
 
+class ImageDtypeError(errors.UserError, TypeError):
+  """Images that are not a uint8 numpy or jax array."""
+
+
+class ImageShapeError(errors.UserError, ValueError):
+  """Images whose shape does not fit: not [N, H, W, C], an empty batch, or
+  not the shape (or batch size) the plan was made for."""
+
+
 def check_images(images, what: str = "images") -> Tuple[int, ...]:
   """Checks that `images` is a non-empty uint8 batch `[N, H, W, C]`.
 
@@ -308,26 +318,26 @@ def check_images(images, what: str = "images") -> Tuple[int, ...]:
     The shape `(N, H, W, C)`.
 
   Raises:
-    TypeError: not an array, or not uint8.
-    ValueError: not rank 4, or N = 0.
+    ImageDtypeError (a TypeError): not an array, or not uint8.
+    ImageShapeError (a ValueError): not rank 4, or N = 0.
   """
   dtype = getattr(images, "dtype", None)
   shape = getattr(images, "shape", None)
   if dtype is None or shape is None:
-    raise TypeError(
+    raise ImageDtypeError(
         f"{what} must be a numpy or jax array, got {type(images).__name__}")
   if dtype != np.uint8:
-    raise TypeError(
+    raise ImageDtypeError(
         f"{what} must be uint8 in [0, 255], got dtype {dtype}; convert float "
         "images in [0, 255] with np.clip(np.round(x), 0, 255).astype(np.uint8)"
         " (or x * 255 first for images in [0, 1])")
   if len(shape) != 4:
     hint = " (add a batch axis: images[None])" if len(shape) == 3 else ""
-    raise ValueError(
+    raise ImageShapeError(
         f"{what} must have rank 4 [N, H, W, C], got shape {tuple(shape)}"
         f"{hint}")
   if shape[0] == 0:
-    raise ValueError(f"{what} is an empty batch (N = 0)")
+    raise ImageShapeError(f"{what} is an empty batch (N = 0)")
   return tuple(shape)
 
 
@@ -341,13 +351,13 @@ def check_batch(plan: Plan, images, encrypted: bool) -> None:
   expected_shape = plan.encrypted_shape if encrypted else plan.image_shape
   shape = check_images(images, what)
   if tuple(shape[1:]) != tuple(expected_shape):
-    raise ValueError(
+    raise ImageShapeError(
         f"{what} have shape [N, H, W, C] = {tuple(shape)}, but this "
         f"{plan.scheme} plan was made for "
         f"[N, {', '.join(map(str, expected_shape))}]; make a plan for this "
         "image shape")
   if plan.per_image and shape[0] != plan.gather.shape[0]:
-    raise ValueError(
+    raise ImageShapeError(
         f"this per-image-key plan covers {plan.gather.shape[0]} images, got a "
         f"batch of {shape[0]}")
 

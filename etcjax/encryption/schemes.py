@@ -42,6 +42,7 @@ from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
+from etcjax import errors
 from etcjax.encryption import keys as keys_lib
 from etcjax.encryption import plans
 
@@ -66,11 +67,11 @@ def square_transform(block: np.ndarray, t: int) -> np.ndarray:
   return out[:, ::-1] if t >= 4 else out
 
 
-class UnknownSchemeError(ValueError):
+class UnknownSchemeError(errors.UserError, ValueError):
   """A scheme name that is not in `SCHEMES`."""
 
 
-class SchemeParameterError(ValueError):
+class SchemeParameterError(errors.UserError, ValueError):
   """Parameters a scheme cannot take: block size, image shape, steps."""
 
 
@@ -213,11 +214,11 @@ def _stream(key, scheme, step):
   return keys_lib.KeyStream(key, f"{scheme}/{step}")
 
 
-class InvalidStepsError(ValueError):
+class InvalidStepsError(errors.UserError, ValueError):
   """`steps` names no step, or steps the scheme does not have."""
 
 
-class DuplicateImageIdsError(ValueError):
+class DuplicateImageIdsError(errors.UserError, ValueError):
   """'pe_per_image' got an image id twice (two images, one key)."""
 
 
@@ -464,12 +465,12 @@ def build_pe_per_image(key, image_shape, block_size, steps=None,
   steps = _check_steps("pe_per_image", steps, PE_STEPS)
   h, w, c = check_geometry("pe_per_image", image_shape, 1)
   if block_size != 1:
-    raise ValueError(
+    raise SchemeParameterError(
         f"scheme 'pe_per_image' is pixel-wise: block_size must be 1, got {block_size}")
   ids = None if image_ids is None else np.asarray(image_ids)
   if (ids is None or ids.ndim != 1 or ids.size == 0
       or not np.issubdtype(ids.dtype, np.integer)):
-    raise ValueError(
+    raise SchemeParameterError(
         "scheme 'pe_per_image' needs image_ids: a non-empty 1-D sequence of "
         "integer image ids, one per image of the batch, got "
         f"{'None' if ids is None else f'{ids.dtype} of shape {ids.shape}'}")
@@ -574,7 +575,7 @@ def make_plan(key: bytes, scheme: str = "etc", image_shape=(224, 224, 3),
   key = keys_lib.check_key(key)
   spec = get_scheme(scheme)
   if image_ids is not None and spec.name != "pe_per_image":
-    raise ValueError(
+    raise SchemeParameterError(
         f"image_ids are only used by scheme 'pe_per_image', not {scheme!r}; "
         "one key covers every image of the other schemes")
   block_size = spec.default_block_size if block_size is None else block_size

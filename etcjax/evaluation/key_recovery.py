@@ -289,7 +289,8 @@ def run(dataset: str, key: bytes, out_dir: str, *, size: str = "smoke",
           key, "pe" if setting.scheme == "pe_per_image" else setting.scheme,
           shape, setting.block_size, setting.steps)
       plan_args.append(setting)
-    except ValueError as e:
+    except (encryption.SchemeParameterError,
+            encryption.InvalidStepsError) as e:  # This dataset's shape.
       if not settings:
         raise
       print(f"skipping setting {setting.name!r} on {dataset}: {e}")

@@ -4,12 +4,14 @@ They are the user's mistake (a wrong name, size, limit, model or missing
 extra), not a bug: the command-line faces print them as one line.
 """
 
+from etcjax import errors
 
-class RequestError(ValueError):
+
+class RequestError(errors.UserError, ValueError):
   """A task request that cannot run: an unknown dataset, scheme, attack,
   codec or size, a bad limit or tag, or a model that does not fit the task."""
 
 
-class MissingExtraError(ImportError):
+class MissingExtraError(errors.UserError, ImportError):
   """An optional dependency the task needs is not installed (names the
   `pip install -e ".[extra]"` that adds it)."""

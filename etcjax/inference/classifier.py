@@ -15,13 +15,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from etcjax import encryption
+from etcjax import errors
 from etcjax.encryption import jpeg
 from etcjax.inference import export as export_lib
 
 BATCH_SIZE = 256
 
 
-class InputError(ValueError):
+class InputError(errors.UserError, ValueError):
   """Images or arguments that do not fit the model (shape, key, flags)."""
 
 

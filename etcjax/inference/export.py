@@ -25,10 +25,11 @@ import jax
 import orbax.checkpoint as ocp
 
 from etcjax import encryption
+from etcjax import errors
 from etcjax import models
 
 
-class ExportError(ValueError):
+class ExportError(errors.UserError, ValueError):
   """A folder that is not a usable etcjax export (not JSON, wrong format,
   missing fields, unsupported geometry)."""
 

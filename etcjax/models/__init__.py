@@ -11,9 +11,11 @@ Images are float32 NHWC normalised to [-1, 1] (pixel / 127.5 - 1).
 from etcjax.models.checkpoint import (CheckpointMismatchError, load_pretrained,
                                       resample_posemb, save_npz)
 from etcjax.models.depthwise_conv import depthwise_conv2d
-from etcjax.models.registry import (MODELS, build, create, describe,
-                                    init_variables, list_models)
+from etcjax.models.registry import (MODELS, ModelParameterError,
+                                    UnknownModelError, build, create,
+                                    describe, init_variables, list_models)
 
-__all__ = ["CheckpointMismatchError", "MODELS", "build", "create",
+__all__ = ["CheckpointMismatchError", "MODELS", "ModelParameterError",
+           "UnknownModelError", "build", "create",
            "depthwise_conv2d", "describe", "init_variables", "list_models",
            "load_pretrained", "resample_posemb", "save_npz"]

@@ -31,6 +31,8 @@ import flax
 import jax
 import numpy as np
 
+from etcjax import errors
+
 Flat = Dict[str, np.ndarray]
 
 BATCH_STATS_PREFIX = "batch_stats/"
@@ -51,7 +53,7 @@ CHECKPOINT_ALIASES: Dict[str, Tuple[Tuple[str, str], ...]] = {
 POSEMB_KEY = "Transformer/posembed_input/pos_embedding"
 
 
-class CheckpointMismatchError(ValueError):
+class CheckpointMismatchError(errors.UserError, ValueError):
   """A checkpoint's tensors do not fit the model's parameters."""
 
 

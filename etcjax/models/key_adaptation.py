@@ -40,11 +40,12 @@ from typing import Any, Mapping
 import numpy as np
 
 from etcjax import encryption
+from etcjax import errors
 
 Params = Mapping[str, Any]
 
 
-class AdaptationError(ValueError):
+class AdaptationError(errors.UserError, ValueError):
   """Raised when a plan's transform cannot be absorbed by a model."""
 
 

@@ -9,10 +9,20 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from etcjax import errors
 from etcjax.models import adaptation_networks
 from etcjax.models import convmixer
 from etcjax.models import resnet
 from etcjax.models import vit
+
+
+class UnknownModelError(errors.UserError, ValueError):
+  """A model name that is not in `MODELS` (the message lists the known ones)."""
+
+
+class ModelParameterError(errors.UserError, ValueError):
+  """A model argument out of range, e.g. num_classes < 1."""
+
 
 # name -> constructor(num_classes=..., dtype=..., **overrides) -> flax module.
 MODELS: Dict[str, Callable[..., nn.Module]] = {}
@@ -92,13 +102,15 @@ def build(name: str, num_classes: int, dtype=jnp.float32,
     float32 `[N, H, W, 3]` images in [-1, 1] to float32 logits.
 
   Raises:
-    ValueError: unknown name (the message lists the known ones) or
-      num_classes < 1.
+    UnknownModelError: an unknown name (the message lists the known ones).
+    ModelParameterError: num_classes < 1.
   """
   if name not in MODELS:
-    raise ValueError(f"unknown model {name!r}; known models: {list_models()}")
+    raise UnknownModelError(
+        f"unknown model {name!r}; known models: {list_models()}")
   if num_classes < 1:
-    raise ValueError(f"num_classes must be positive, got {num_classes}")
+    raise ModelParameterError(
+        f"num_classes must be positive, got {num_classes}")
   return MODELS[name](num_classes=num_classes, dtype=dtype, **overrides)
 
 

@@ -17,10 +17,12 @@ from absl import logging
 from etils import epath
 import orbax.checkpoint as ocp
 
+from etcjax import errors
 from etcjax.encryption import keys
+from etcjax.training import default_config
 
 
-class WorkdirMismatchError(ValueError):
+class WorkdirMismatchError(errors.UserError, ValueError):
   """A workdir's checkpoints belong to another run (model, config)."""
 
 # Fields of the JSON record that must match for a workdir to be resumed.
@@ -46,7 +48,7 @@ class Checkpoints:
       use_async: write in a background thread while training continues.
     """
     if every_steps < 1 or keep < 1:
-      raise ValueError(
+      raise default_config.ConfigError(
           f"checkpoint_every_steps ({every_steps}) and keep_checkpoints "
           f"({keep}) must be >= 1")
     # orbax refuses relative paths; the faces resolve them, this keeps

@@ -15,8 +15,10 @@ from typing import Iterable, Optional, Set
 
 import ml_collections
 
+from etcjax import errors
 
-class ConfigError(ValueError):
+
+class ConfigError(errors.UserError, ValueError):
   """A config argument or field value the experiment does not offer."""
 
 def get_default_config() -> ml_collections.ConfigDict:

@@ -26,6 +26,7 @@ import ml_collections
 import numpy as np
 
 from etcjax import encryption
+from etcjax import errors
 from etcjax import files
 from etcjax import models
 from etcjax.data import pipeline
@@ -41,7 +42,7 @@ from etcjax.training import steps
 CONFIG_FILE = "config.json"
 
 
-class NonFiniteLossError(FloatingPointError):
+class NonFiniteLossError(errors.UserError, FloatingPointError):
   """Raised when the training loss or gradients become NaN or infinite."""
 
 
