@@ -10,30 +10,36 @@ r"""Runs `python -m etcjax.main` on a Cloud TPU VM: one host or a pod slice.
     # Pod slice (v4-32: 4 hosts), same command on every worker:
     python launch/tpu_vm.py --name=etcjax-pod --zone=us-central2-b \
         --accelerator=v4-32 --data=gs://my-bucket/tensorflow_datasets \
-        --data-mode=direct --config=configs/vit_plain.py \
+        --data_mode=direct --config=configs/vit_plain.py \
         --workdir=gs://my-bucket/runs/vit_plain
 
     # Paper-length learned attacks (etcjax.evaluate on worker 0; the GAN
     # and ITN batches are split over the host's chips):
     python launch/tpu_vm.py --name=etcjax-eval --zone=us-central2-b \
         --accelerator=v4-8 --data=gs://my-bucket/tensorflow_datasets \
-        --key-file=eval.key --entry=evaluate --workdir='$HOME/eval' \
+        --key_file=eval.key --entry=evaluate --workdir='$HOME/eval' \
         -- attacks --datasets=cifar10 --size=full --attacks=gan,itn
 
 Steps (`--steps`, default all but delete): create (the TPU VM), upload
 (this checkout, as a tarball, to every worker), install (jax[tpu] + etcjax
 on every worker), data (copy or gcsfuse-mount `--data` on every worker, or
-`direct`: read gs:// from the trainer), key (optional `--key-file` for
+`direct`: read gs:// from the trainer), key (optional `--key_file` for
 on-the-fly encryption), run (the training command on all workers at
 once; `--entry=evaluate`: the evaluation on worker 0, with `--data` as
-its --data_dir and `--workdir` as its --out), delete. `--dry-run` prints
+its --data_dir and `--workdir` as its --out), delete. `--dry_run` prints
 every command and runs none.
+
+Flags are spelled as in the etcjax CLIs (`--key_file`, `--data_mode`,
+`--dry_run`, ...); the older hyphenated spellings still work and warn.
+The commands run on the workers use the current flags of `etcjax.main`
+and `etcjax.evaluate` (tests/test_launch.py parses them with those CLIs'
+own parsers).
 
 The workdir must be on GCS for pod slices: checkpoints, summaries and the
 export are written by all hosts to one place. Preemptible (`--spot`) runs
 resume from the latest checkpoint when `run` is started again.
 
-Security: `--key-file` copies the secret key onto the cloud VMs, which
+Security: `--key_file` copies the secret key onto the cloud VMs, which
 defeats the purpose of EtC against the cloud. Use it for research runs
 only; otherwise encrypt the dataset locally (`python -m etcjax.encrypt`),
 upload the encrypted dataset and train with --config.dataset=encrypted.
@@ -47,6 +53,12 @@ import shlex
 import subprocess
 import sys
 from typing import List, Optional, Sequence
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The flag helpers come from the checkout this script uploads, so the
+# machine that drives gcloud needs no etcjax install.
+sys.path.insert(0, REPO_ROOT)
+from etcjax import command_line  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 # Keep in step with setup.py: TPU workers need the same jax as the package.
 JAX_VERSION = "0.10.2"
@@ -62,7 +74,15 @@ DEFAULT_STEPS = ("create", "upload", "install", "data", "key", "run")
 REMOTE_SRC = "$HOME/etcjax"
 REMOTE_DATA = "$HOME/etcjax_data"
 REMOTE_KEY = "$HOME/.etcjax/owner.key"
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# etcjax.evaluate tasks that take no --data_dir / no --key_file (the others
+# take both); a remote command with a flag its task refuses would fail on
+# the VM after the create, upload and install steps.
+EVALUATE_NO_DATA = ("brute_force", "report", "adapted_key_recovery")
+EVALUATE_NO_KEY = ("brute_force", "report")
+# Old spelling -> current one (the etcjax CLIs use underscores).
+OLD_FLAGS = {"--runtime-version": "--runtime_version",
+             "--tmp-dir": "--tmp_dir", "--data-mode": "--data_mode",
+             "--key-file": "--key_file", "--dry-run": "--dry_run"}
 
 
 def runtime_version(accelerator: str) -> str:
@@ -80,7 +100,7 @@ def runtime_version(accelerator: str) -> str:
     raise ValueError(
         f"unknown accelerator type {accelerator!r}; expected e.g. v4-8, "
         f"v4-32, v5litepod-8 (generations {sorted(RUNTIME_VERSIONS)}), or "
-        "pass --runtime-version")
+        "pass --runtime_version")
   return RUNTIME_VERSIONS[generation]
 
 
@@ -211,20 +231,20 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
   p.add_argument("--accelerator", default="v4-8",
                  help="accelerator type: v4-8 / v5litepod-8 (one host) or a "
                  "pod slice such as v4-32 (default v4-8)")
-  p.add_argument("--runtime-version", default=None,
+  p.add_argument("--runtime_version", default=None,
                  help="TPU VM image (default: by accelerator generation)")
   p.add_argument("--spot", action="store_true", help="preemptible (spot) VM")
   p.add_argument("--source", default=REPO_ROOT,
                  help="etcjax checkout to upload (default: this one)")
-  p.add_argument("--tmp-dir", default="/tmp", help="where to build the tarball")
+  p.add_argument("--tmp_dir", default="/tmp", help="where to build the tarball")
   p.add_argument("--data", default=None,
                  help="gs:// folder passed as --config.data_dir (tfds "
                  "data_dir, image folder or encrypted dataset)")
-  p.add_argument("--data-mode", choices=("copy", "mount", "direct"),
+  p.add_argument("--data_mode", choices=("copy", "mount", "direct"),
                  default="copy",
                  help="copy to each worker's disk, gcsfuse-mount, or let the "
                  "trainer read gs:// directly (tfds data_dir)")
-  p.add_argument("--key-file", default=None,
+  p.add_argument("--key_file", default=None,
                  help="research runs only: copy this key file to the workers "
                  "for on-the-fly encryption (puts the key on the cloud)")
   p.add_argument("--entry", choices=("main", "evaluate"), default="main",
@@ -242,8 +262,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                  help="start the job in the background (log in "
                  "~/etcjax_main.log or ~/etcjax_evaluate.log on the "
                  "workers) instead of waiting")
-  p.add_argument("--dry-run", action="store_true",
+  p.add_argument("--dry_run", action="store_true",
                  help="print every command instead of running it")
+  for old, new in OLD_FLAGS.items():
+    command_line.add_alias(p, old, new)
   args = p.parse_args(argv)
   args.extra = extra
   args.steps = [s.strip() for s in args.steps.split(",") if s.strip()]
@@ -267,8 +289,16 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
       "gs://") and not single_host:
     p.error(f"a pod slice ({args.accelerator}) needs a shared gs:// --workdir, "
             f"got {args.workdir!r}")
+  if args.entry == "evaluate" and "run" in args.steps:
+    task = args.extra[0] if args.extra else None
+    if task in EVALUATE_NO_DATA and args.data:
+      p.error(f"etcjax.evaluate {task} reads no dataset (no --data_dir); "
+              "drop --data")
+    if task in EVALUATE_NO_KEY and args.key_file:
+      p.error(f"etcjax.evaluate {task} takes no --key_file; drop --key_file "
+              "(it would copy the key to the VM for nothing)")
   if args.key_file and not os.path.exists(args.key_file) and not args.dry_run:
-    p.error(f"--key-file {args.key_file} does not exist")
+    p.error(f"--key_file {args.key_file} does not exist")
   if not args.runtime_version:
     try:
       runtime_version(args.accelerator)
@@ -281,7 +311,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   args = parse_args(argv)
   commands = Commands(args)
   if args.key_file:
-    print("WARNING: --key-file puts the secret key on the cloud VMs "
+    print("WARNING: --key_file puts the secret key on the cloud VMs "
           "(research runs only).", file=sys.stderr)
   for step in STEPS:  # Fixed order, whatever the order given.
     if step not in args.steps:

@@ -189,9 +189,9 @@ def _run_readme(tmp_path, tfds_dir, monkeypatch, slow):
     argv = shlex.split(command)
     module, args = _face(argv)
     if module is None:  # launch/tpu_vm.py: print every command only.
-      # --dry-run before the '--' that starts the remote command's flags.
+      # --dry_run before the '--' that starts the remote command's flags.
       split = argv.index("--") if "--" in argv else len(argv)
-      argv = argv[1:split] + ["--dry-run"] + argv[split:]
+      argv = argv[1:split] + ["--dry_run"] + argv[split:]
       result = subprocess.run([sys.executable] + argv,
                               cwd=cwd, env=env,
                               capture_output=True, text=True, timeout=120)
