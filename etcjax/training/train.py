@@ -10,13 +10,14 @@ pipeline restarts at the checkpoint's step.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import functools
 import math
 import os
 import signal
 import time
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple
 
 from absl import logging
 from etils import epath
@@ -254,6 +255,67 @@ def _check_finite(values: Dict[str, float], step: int,
         "again in a new workdir.")
 
 
+class _TrainMetrics:
+  """Means of the train steps' metrics over a logging interval.
+
+  Reading a step's metrics waits for that step, so `add` reads the
+  *previous* step's while the current one runs: the host never stalls the
+  device, and divergence is caught one step late at most. Each read checks
+  the values are finite.
+  """
+
+  def __init__(self, checkpoints: checkpointing.Checkpoints):
+    """Starts with nothing pending.
+
+    Args:
+      checkpoints: the run's checkpoints, named in the divergence error
+        (where to resume from).
+    """
+    self._checkpoints = checkpoints
+    self._pending = None  # (step, metrics still on device), or None.
+    self._sums: Dict[str, float] = {}
+    self._count = 0
+
+  def add(self, step: int, metrics: Dict[str, jax.Array]) -> None:
+    """Reads the pending step's metrics, then holds `metrics` as pending.
+
+    Args:
+      step: the number of steps done including this one.
+      metrics: that step's scalar metrics (global jax arrays).
+
+    Raises:
+      NonFiniteLossError: the previous step's metrics are NaN or inf.
+    """
+    self.flush()
+    self._pending = (step, metrics)
+
+  def flush(self) -> None:
+    """Reads the pending step's metrics now (waits for that step).
+
+    Raises:
+      NonFiniteLossError: they are NaN or inf.
+    """
+    if self._pending is None:
+      return
+    step, metrics = self._pending
+    self._pending = None
+    values = jax.device_get(metrics)
+    _check_finite(values, step, self._checkpoints)
+    for k, v in values.items():
+      self._sums[k] = self._sums.get(k, 0.0) + float(v)
+    self._count += 1
+
+  def means(self) -> Dict[str, float]:
+    """The means over the steps read since the last call; starts anew.
+
+    Returns:
+      {name: mean}; call after `flush` so the latest step is included.
+    """
+    means = {k: v / self._count for k, v in self._sums.items()}
+    self._sums, self._count = {}, 0
+    return means
+
+
 class _Preemption:
   """Turns SIGTERM into a flag checked between steps (single process only).
 
@@ -339,6 +401,252 @@ def _written_config(config: ml_collections.ConfigDict,
   return config.to_json_best_effort(indent=2, sort_keys=True) + "\n"
 
 
+@dataclasses.dataclass(frozen=True)
+class RunRecord:
+  """What a run is (model, data, encryption, length); never the key.
+
+  The checkpoints' metadata, `export/export.json` and `results.json` are
+  views of this one record, so they cannot disagree about the run. Only
+  the key's fingerprint is held.
+
+  Attributes:
+    config_name: `config.name`.
+    model: `config.model`, the model's registry name.
+    model_kwargs: `config.model_kwargs` as a plain dict.
+    dataset: `config.dataset`.
+    num_classes: K, the number of labels.
+    label_names: the K label names, in label order.
+    image_shape: `(H, W, 3)` of the plain images (`config.image_size`).
+    input_shape: `(H, W, C)` of the images the model sees.
+    scheme: encryption scheme, or None for plain images.
+    block_size: block size, or None for plain images.
+    key_fingerprint: the key's fingerprint, or None for plain images.
+    jpeg_quality: JPEG quality factor of the encrypted images, or None.
+    encryption_steps: the steps of a dataset encrypted on disk (from its
+      manifest), else None.
+    adaptation: the export's `adaptation` field (see
+      `export.OPTIONAL_FIELDS`), or None.
+    total_steps: optimizer steps of the whole run (> 0).
+    steps_per_epoch: train examples / global batch size (a float).
+  """
+
+  config_name: str
+  model: str
+  model_kwargs: Dict[str, Any]
+  dataset: str
+  num_classes: int
+  label_names: Tuple[str, ...]
+  image_shape: Tuple[int, int, int]
+  input_shape: Tuple[int, int, int]
+  scheme: Optional[str]
+  block_size: Optional[int]
+  key_fingerprint: Optional[str]
+  jpeg_quality: Optional[int]
+  encryption_steps: Optional[Any]
+  adaptation: Optional[Dict[str, Any]]
+  total_steps: int
+  steps_per_epoch: float
+
+  @classmethod
+  def create(cls, config: ml_collections.ConfigDict,
+             info: pipeline.DatasetInfo, enc: Encryption,
+             total_steps: int) -> "RunRecord":
+    """The record of a run.
+
+    Args:
+      config: the training config.
+      info: the dataset's `DatasetInfo`.
+      enc: the run's encryption (`setup_encryption`).
+      total_steps: optimizer steps of the whole run.
+
+    Returns:
+      The run's `RunRecord`.
+    """
+    return cls(
+        config_name=config.name, model=config.model,
+        model_kwargs=config.model_kwargs.to_dict(), dataset=config.dataset,
+        num_classes=info.num_classes, label_names=tuple(info.label_names),
+        image_shape=(config.image_size, config.image_size, 3),
+        input_shape=tuple(enc.input_shape), scheme=enc.scheme,
+        block_size=enc.block_size, key_fingerprint=enc.fingerprint,
+        jpeg_quality=_jpeg_quality(config, info),
+        encryption_steps=(info.manifest.get("steps")
+                          if info.encrypted_on_disk else None),
+        adaptation=_adaptation_record(config), total_steps=total_steps,
+        steps_per_epoch=info.num_train / config.batch_size)
+
+  def identity(self) -> Dict[str, Any]:
+    """The checkpoints' metadata (`Checkpoints.save` adds 'step').
+
+    Its `checkpointing.IDENTITY_FIELDS` must match for a workdir to be
+    resumed; `config_name` is informative only.
+
+    Returns:
+      A JSON-serialisable dict (fresh copies; callers may change it).
+    """
+    return {
+        "config_name": self.config_name, "model": self.model,
+        "model_kwargs": copy.deepcopy(self.model_kwargs),
+        "num_classes": self.num_classes,
+        "input_shape": list(self.input_shape), "scheme": self.scheme,
+        "block_size": self.block_size,
+        "key_fingerprint": self.key_fingerprint,
+    }
+
+  def export_info(self, eval_accuracy: float) -> Dict[str, Any]:
+    """The export's info (`export.save` adds 'format'; see `export.FIELDS`).
+
+    Args:
+      eval_accuracy: the final eval accuracy in [0, 1].
+
+    Returns:
+      A JSON-serialisable dict.
+    """
+    # Everything that identifies the run, plus what a user of the model
+    # needs (labels, preprocessing) and how good it is.
+    return dict(
+        self.identity(), label_names=list(self.label_names),
+        image_shape=list(self.image_shape), jpeg_quality=self.jpeg_quality,
+        train_steps=self.total_steps, eval_accuracy=eval_accuracy,
+        encryption_steps=copy.deepcopy(self.encryption_steps),
+        adaptation=copy.deepcopy(self.adaptation))
+
+  def results(self, eval_values: Dict[str, float], *,
+              images_per_second: float, train_seconds: float,
+              resumed_from_step: int, devices: int,
+              processes: int) -> Dict[str, Any]:
+    """The contents of `results.json`.
+
+    Args:
+      eval_values: the final eval metrics {'accuracy', 'loss', 'count'}
+        (`_evaluate`).
+      images_per_second: training throughput of this process's run; NaN
+        or inf when not measured (written as None).
+      train_seconds: wall time of this process's training loop.
+      resumed_from_step: the step this process started at (0 if fresh).
+      devices: `jax.device_count()` of this process's run.
+      processes: `jax.process_count()` of this process's run.
+
+    Returns:
+      A JSON-serialisable dict.
+    """
+    return {
+        "config_name": self.config_name,
+        "model": self.model,
+        "model_kwargs": copy.deepcopy(self.model_kwargs),
+        "dataset": self.dataset,
+        "scheme": self.scheme,
+        "key_fingerprint": self.key_fingerprint,
+        "eval_accuracy": eval_values["accuracy"],
+        "eval_loss": eval_values["loss"],
+        "eval_examples": int(eval_values["count"]),
+        "steps": self.total_steps,
+        "epochs": self.total_steps / self.steps_per_epoch,
+        "images_per_second": _finite_or_none(images_per_second),
+        "train_seconds_this_run": train_seconds,
+        "resumed_from_step": resumed_from_step,
+        "devices": devices,
+        "processes": processes,
+    }
+
+
+@dataclasses.dataclass(frozen=True)
+class StepFunctions:
+  """A run's model and its jitted steps, as training runs them.
+
+  Attributes:
+    module: the Flax module.
+    init: `init(rng) -> TrainState`, jitted, replicated over the mesh.
+    train: `train(state, batch, plan=...) -> (state, metrics)`, jitted;
+      donates `state`.
+    evaluate: `evaluate(state, batch, plan) -> sums`, jitted.
+    device_plan: the plan the steps apply (replicated over the mesh) when
+      they encrypt on device, else None.
+    host_plan: the plan the input pipeline encrypts with on the host (JPEG
+      path), else None.
+    compute_dtype: the resolved compute dtype ('float32' or 'bfloat16').
+  """
+
+  module: Any
+  init: Callable[[jax.Array], steps.TrainState]
+  train: Callable[..., Tuple[steps.TrainState, Dict[str, jax.Array]]]
+  evaluate: Callable[..., Dict[str, jax.Array]]
+  device_plan: Optional[encryption.Plan]
+  host_plan: Optional[encryption.Plan]
+  compute_dtype: str
+
+
+def step_functions(config: ml_collections.ConfigDict,
+                   info: pipeline.DatasetInfo, enc: Encryption,
+                   mesh: jax.sharding.Mesh, total_steps: int,
+                   rng: jax.Array) -> StepFunctions:
+  """The model and jitted steps of a run (nothing is compiled yet).
+
+  Args:
+    config: the training config.
+    info: the dataset's `DatasetInfo`.
+    enc: the run's encryption (`setup_encryption`).
+    mesh: the device mesh (`sharding.make_mesh`).
+    total_steps: optimizer steps of the whole run (the learning-rate
+      schedule's length).
+    rng: the train step's base key; step `s` uses `fold_in(rng, s)`.
+
+  Returns:
+    The run's `StepFunctions`.
+
+  Raises:
+    ConfigError: an unknown compute dtype, or images the models cannot
+      take.
+  """
+  try:
+    compute_dtype = steps.resolve_compute_dtype(config.compute_dtype)
+  except ValueError as e:
+    raise default_config.ConfigError(f"config.{e}") from None
+  schedule = optimizers.make_schedule(config, total_steps)
+  tx = optimizers.make_optimizer(config, total_steps)
+  module, init = _init_model(config, info.num_classes, enc.input_shape, mesh,
+                             tx)
+  aug = config.augment
+  options = steps.StepOptions(
+      num_classes=info.num_classes, encrypt=enc.on_device,
+      label_smoothing=aug.label_smoothing, mixup_alpha=aug.mixup_alpha,
+      cutmix_alpha=aug.cutmix_alpha, mix_prob=aug.mix_prob,
+      switch_prob=aug.switch_prob, compute_dtype=compute_dtype)
+  replicated = sharding.replicated(mesh)
+  train_fn = jax.jit(
+      functools.partial(steps.train_step, rng=rng, model=module, tx=tx,
+                        schedule=schedule, options=options),
+      out_shardings=(replicated, replicated), donate_argnums=0)
+  eval_fn = jax.jit(
+      functools.partial(steps.eval_step, model=module, options=options),
+      out_shardings=replicated)
+  return StepFunctions(
+      module=module, init=init, train=train_fn, evaluate=eval_fn,
+      device_plan=(sharding.replicate(enc.plan, mesh) if enc.on_device
+                   else None),
+      # The pipeline encrypts on the host (JPEG path) with the same plan.
+      host_plan=(enc.plan if enc.plan is not None and not enc.on_device
+                 else None),
+      compute_dtype=compute_dtype)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Finished:
+  """What a training loop that reached the last step hands to the outputs.
+
+  Attributes:
+    state: the final `TrainState`.
+    eval_values: the final eval metrics (`_evaluate`).
+    images_per_second: this process's throughput (NaN if not measured).
+    train_seconds: wall time of this process's loop.
+  """
+
+  state: steps.TrainState
+  eval_values: Dict[str, float]
+  images_per_second: float
+  train_seconds: float
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict,
                        workdir: str) -> Optional[Dict[str, Any]]:
   """`_train_and_evaluate` holding the workdir's lock (one run per workdir).
@@ -391,96 +699,154 @@ def _train_and_evaluate(config: ml_collections.ConfigDict,
   mesh = sharding.make_mesh()
   sharding.check_batch_size(config.batch_size, "config.batch_size")
   sharding.check_batch_size(config.eval_batch_size, "config.eval_batch_size")
-  try:
-    compute_dtype = steps.resolve_compute_dtype(config.compute_dtype)
-  except ValueError as e:
-    raise default_config.ConfigError(f"config.{e}") from None
-
   total_steps = _total_steps(config, info.num_train)
-  steps_per_epoch = info.num_train / config.batch_size
-  schedule = optimizers.make_schedule(config, total_steps)
-  tx = optimizers.make_optimizer(config, total_steps)
-  module, init = _init_model(config, info.num_classes, enc.input_shape, mesh,
-                             tx)
   init_rng, train_rng = jax.random.split(jax.random.key(config.seed))
-
-  record = {
-      "config_name": config.name, "model": config.model,
-      "model_kwargs": config.model_kwargs.to_dict(),
-      "num_classes": info.num_classes, "input_shape": list(enc.input_shape),
-      "scheme": enc.scheme, "block_size": enc.block_size,
-      "key_fingerprint": enc.fingerprint,
-  }
+  fns = step_functions(config, info, enc, mesh, total_steps, train_rng)
   checkpoints = checkpointing.Checkpoints(
       workdir / "checkpoints", config.checkpoint_every_steps,
       config.keep_checkpoints, config.async_checkpointing)
+  try:
+    state, start_step, record = _start(config, workdir, info, enc, mesh, fns,
+                                       checkpoints, total_steps, init_rng)
+    finished = _train_loop(config, workdir, info, mesh, fns, checkpoints,
+                           record, state, start_step)
+  finally:
+    checkpoints.close()
+  if finished is None:  # Halted; the checkpoint resumes it.
+    return None
+  return _write_outputs(workdir, record, finished, start_step)
+
+
+def _start(config: ml_collections.ConfigDict, workdir: epath.Path,
+           info: pipeline.DatasetInfo, enc: Encryption,
+           mesh: jax.sharding.Mesh, fns: StepFunctions,
+           checkpoints: checkpointing.Checkpoints, total_steps: int,
+           init_rng: jax.Array
+           ) -> Tuple[steps.TrainState, int, RunRecord]:
+  """The state this process starts from, and the run's record.
+
+  Restores the latest checkpoint (which must be of this run: same model,
+  geometry, scheme and key fingerprint), else builds the initial state.
+  Then writes `workdir/config.json`, after the check, so a refused
+  workdir keeps the config of the run it belongs to.
+
+  Args:
+    config: the training config.
+    workdir: the run's directory.
+    info: the dataset's `DatasetInfo`.
+    enc: the run's encryption.
+    mesh: the device mesh.
+    fns: the run's `StepFunctions`.
+    checkpoints: the run's checkpoints.
+    total_steps: optimizer steps of the whole run.
+    init_rng: the key of the initial parameters.
+
+  Returns:
+    `(state, start_step, record)`: the replicated `TrainState`, its step
+    (0 for a fresh run) and the run's `RunRecord`.
+
+  Raises:
+    WorkdirMismatchError, KeyMismatchError: the workdir's checkpoints are
+      of another run.
+  """
+  record = RunRecord.create(config, info, enc, total_steps)
+  # Shapes and shardings only: orbax restores straight into place.
   state, start_step = checkpoints.restore_latest(
-      jax.eval_shape(init, init_rng), record)
+      jax.eval_shape(fns.init, init_rng), record.identity())
   if state is None:
-    state, start_step = init(init_rng), 0
-    if config.pretrained_path:
-      params = _load_pretrained(config, jax.device_get(state.params))
-      state = state.replace(params=sharding.replicate(params, mesh))
-    if config.adapt_pretrained:
-      params = key_adaptation.adapt(
-          jax.device_get(state.params), _adaptation_plan(config, enc, info))
-      state = state.replace(params=sharding.replicate(params, mesh))
-      logging.info(
-          "Key-adapted the initial parameters (%s) to %s images, block size "
-          "%s, key fingerprint %s", config.pretrained_path or "fresh init",
-          enc.scheme, enc.block_size, enc.fingerprint)
+    state, start_step = _initial_state(config, info, enc, mesh, fns,
+                                       init_rng), 0
   if jax.process_index() == 0:
     (workdir / CONFIG_FILE).write_text(_written_config(config, enc))
   logging.info(
       "%s: model %s on %s images %s, %d train / %d eval examples, %d steps "
       "of %d (%.2f epochs) on %d devices / %d processes, from step %d, "
-      "%s compute", config.name, models.describe(config.model, config.model_kwargs.to_dict()),
+      "%s compute", config.name,
+      models.describe(config.model, config.model_kwargs.to_dict()),
       enc.scheme or "plain", enc.input_shape,
       info.num_train, info.num_eval, total_steps, config.batch_size,
-      total_steps / steps_per_epoch, jax.device_count(), jax.process_count(),
-      start_step, compute_dtype)
+      total_steps / record.steps_per_epoch, jax.device_count(),
+      jax.process_count(), start_step, fns.compute_dtype)
+  return state, start_step, record
 
-  aug = config.augment
-  options = steps.StepOptions(
-      num_classes=info.num_classes, encrypt=enc.on_device,
-      label_smoothing=aug.label_smoothing, mixup_alpha=aug.mixup_alpha,
-      cutmix_alpha=aug.cutmix_alpha, mix_prob=aug.mix_prob,
-      switch_prob=aug.switch_prob, compute_dtype=compute_dtype)
-  replicated = sharding.replicated(mesh)
-  train_fn = jax.jit(
-      functools.partial(steps.train_step, rng=train_rng, model=module, tx=tx,
-                        schedule=schedule, options=options),
-      out_shardings=(replicated, replicated), donate_argnums=0)
-  eval_fn = jax.jit(
-      functools.partial(steps.eval_step, model=module, options=options),
-      out_shardings=replicated)
-  plan = sharding.replicate(enc.plan, mesh) if enc.on_device else None
-  # The pipeline encrypts on the host (JPEG path) with the same plan.
-  host_plan = enc.plan if enc.plan is not None and not enc.on_device else None
 
-  writer = metrics_lib.MetricWriter(workdir, total_steps, steps_per_epoch)
+def _initial_state(config: ml_collections.ConfigDict,
+                   info: pipeline.DatasetInfo, enc: Encryption,
+                   mesh: jax.sharding.Mesh, fns: StepFunctions,
+                   init_rng: jax.Array) -> steps.TrainState:
+  """A fresh run's state: initialised, pretrained and key-adapted as set.
+
+  Args:
+    config: the training config (`pretrained_path`, `adapt_pretrained`).
+    info: the dataset's `DatasetInfo`.
+    enc: the run's encryption.
+    mesh: the device mesh.
+    fns: the run's `StepFunctions`.
+    init_rng: the key of the initial parameters.
+
+  Returns:
+    The step-0 `TrainState`, replicated over the mesh.
+  """
+  state = fns.init(init_rng)
+  # Loading and adapting work on host arrays, then re-replicate.
+  if config.pretrained_path:
+    params = _load_pretrained(config, jax.device_get(state.params))
+    state = state.replace(params=sharding.replicate(params, mesh))
+  if config.adapt_pretrained:
+    params = key_adaptation.adapt(
+        jax.device_get(state.params), _adaptation_plan(config, enc, info))
+    state = state.replace(params=sharding.replicate(params, mesh))
+    logging.info(
+        "Key-adapted the initial parameters (%s) to %s images, block size "
+        "%s, key fingerprint %s", config.pretrained_path or "fresh init",
+        enc.scheme, enc.block_size, enc.fingerprint)
+  return state
+
+
+def _train_loop(config: ml_collections.ConfigDict, workdir: epath.Path,
+                info: pipeline.DatasetInfo, mesh: jax.sharding.Mesh,
+                fns: StepFunctions, checkpoints: checkpointing.Checkpoints,
+                record: RunRecord, state: steps.TrainState,
+                start_step: int) -> Optional[_Finished]:
+  """Trains from `start_step` to the end, logging, evaluating and saving.
+
+  Args:
+    config: the training config (intervals, `halt_after_step`, pipeline).
+    workdir: the run's directory (TensorBoard events go to its
+      `tensorboard/`).
+    info: the dataset's `DatasetInfo`.
+    mesh: the device mesh.
+    fns: the run's `StepFunctions`.
+    checkpoints: the run's checkpoints (saved to, not closed).
+    record: the run's `RunRecord` (its identity goes into checkpoints).
+    state: the `TrainState` at `start_step` (donated to the first step).
+    start_step: the step to start at.
+
+  Returns:
+    The final state and metrics, or None when the run halted early
+    (preemption or `config.halt_after_step`) after saving a checkpoint.
+
+  Raises:
+    NonFiniteLossError: the loss or gradients became NaN/inf.
+  """
+  total_steps = record.total_steps
+  identity = record.identity()
+  writer = metrics_lib.MetricWriter(workdir, total_steps,
+                                    record.steps_per_epoch)
   throughput = metrics_lib.Throughput(config.batch_size, total_steps)
+  train_metrics = _TrainMetrics(checkpoints)
   preemption = _Preemption()
   eval_values = None
   train_start = time.perf_counter()
   try:
     train_iter = pipeline.train_iterator(
         config, start_step=start_step, process_index=jax.process_index(),
-        process_count=jax.process_count(), plan=host_plan)
-    sums, count, previous = {}, 0, None
+        process_count=jax.process_count(), plan=fns.host_plan)
     for step in range(start_step, total_steps):
       batch = sharding.global_batch(next(train_iter), mesh)
-      state, step_metrics = train_fn(state, batch, plan=plan)
-      # Read the previous step's metrics while this one runs: the host never
-      # stalls the device, and divergence is caught one step late at most.
-      if previous is not None:
-        values = jax.device_get(previous)
-        _check_finite(values, step, checkpoints)
-        for k, v in values.items():
-          sums[k] = sums.get(k, 0.0) + float(v)
-        count += 1
-      previous = step_metrics
+      state, step_metrics = fns.train(state, batch, plan=fns.device_plan)
       done = step + 1
+      train_metrics.add(done, step_metrics)
       halt = (done == config.halt_after_step or preemption.requested
               or checkpoints.reached_preemption(done))
       log_now = done % config.log_every_steps == 0 or done == total_steps
@@ -488,21 +854,15 @@ def _train_and_evaluate(config: ml_collections.ConfigDict,
           config.eval_every_steps and done % config.eval_every_steps == 0))
       save_now = halt or done == total_steps or checkpoints.due(done)
       if log_now or eval_now or save_now:
-        # Never save, log or evaluate a diverged state.
-        values = jax.device_get(previous)
-        _check_finite(values, done, checkpoints)
-        for k, v in values.items():
-          sums[k] = sums.get(k, 0.0) + float(v)
-        count, previous = count + 1, None
+        train_metrics.flush()  # Never save, log or evaluate a diverged state.
       throughput.update(done)
       if log_now:
-        writer.train(done, {k: v / count for k, v in sums.items()}, throughput)
-        sums, count = {}, 0
+        writer.train(done, train_metrics.means(), throughput)
       if save_now:
-        checkpoints.save(done, state, record, force=True)
+        checkpoints.save(done, state, identity, force=True)
       if eval_now:
-        eval_values = _evaluate(state, eval_fn, plan, host_plan, config,
-                                info, mesh)
+        eval_values = _evaluate(state, fns.evaluate, fns.device_plan,
+                                fns.host_plan, config, info, mesh)
         writer.eval(done, eval_values)
       if halt and done < total_steps:
         checkpoints.wait()
@@ -512,53 +872,42 @@ def _train_and_evaluate(config: ml_collections.ConfigDict,
             "preemption" if done != config.halt_after_step
             else "config.halt_after_step")
         return None
-    train_time = time.perf_counter() - train_start
+    train_seconds = time.perf_counter() - train_start
     checkpoints.wait()
     if eval_values is None:  # Resumed at the end: evaluate the final state.
-      eval_values = _evaluate(state, eval_fn, plan, host_plan, config,
-                                info, mesh)
+      eval_values = _evaluate(state, fns.evaluate, fns.device_plan,
+                              fns.host_plan, config, info, mesh)
       writer.eval(total_steps, eval_values)
   finally:
     preemption.restore()
     writer.close()
-    checkpoints.close()
+  return _Finished(state, eval_values, throughput.images_per_second,
+                   train_seconds)
 
-  export_info = {
-      "config_name": config.name, "model": config.model,
-      "model_kwargs": config.model_kwargs.to_dict(),
-      "num_classes": info.num_classes,
-      "label_names": list(info.label_names),
-      "image_shape": [config.image_size, config.image_size, 3],
-      "input_shape": list(enc.input_shape), "scheme": enc.scheme,
-      "block_size": enc.block_size, "key_fingerprint": enc.fingerprint,
-      "jpeg_quality": _jpeg_quality(config, info),
-      "train_steps": total_steps, "eval_accuracy": eval_values["accuracy"],
-      "encryption_steps": (info.manifest.get("steps")
-                           if info.encrypted_on_disk else None),
-      "adaptation": _adaptation_record(config),
-  }
-  export_lib.save(workdir / "export", state.variables(), export_info)
-  results = {
-      "config_name": config.name,
-      "model": config.model,
-      "model_kwargs": config.model_kwargs.to_dict(),
-      "dataset": config.dataset,
-      "scheme": enc.scheme,
-      "key_fingerprint": enc.fingerprint,
-      "eval_accuracy": eval_values["accuracy"],
-      "eval_loss": eval_values["loss"],
-      "eval_examples": int(eval_values["count"]),
-      "steps": total_steps,
-      "epochs": total_steps / steps_per_epoch,
-      "images_per_second": _finite_or_none(throughput.images_per_second),
-      "train_seconds_this_run": train_time,
-      "resumed_from_step": start_step,
-      "devices": jax.device_count(),
-      "processes": jax.process_count(),
-  }
+
+def _write_outputs(workdir: epath.Path, record: RunRecord,
+                   finished: _Finished, start_step: int) -> Dict[str, Any]:
+  """Writes `workdir/export/` and `workdir/results.json` (all processes).
+
+  Args:
+    workdir: the run's directory.
+    record: the run's `RunRecord`.
+    finished: what the training loop ended with.
+    start_step: the step this process started at.
+
+  Returns:
+    The results dict written to results.json.
+  """
+  eval_values = finished.eval_values
+  export_lib.save(workdir / "export", finished.state.variables(),
+                  record.export_info(eval_values["accuracy"]))
+  results = record.results(
+      eval_values, images_per_second=finished.images_per_second,
+      train_seconds=finished.train_seconds, resumed_from_step=start_step,
+      devices=jax.device_count(), processes=jax.process_count())
   metrics_lib.write_results(workdir, results)
   logging.info("Done: eval accuracy %.4f after %d steps; results in %s",
-               eval_values["accuracy"], total_steps,
+               eval_values["accuracy"], record.total_steps,
                workdir / metrics_lib.RESULTS_FILE)
   return results
 
