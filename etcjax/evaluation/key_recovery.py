@@ -346,7 +346,7 @@ def run(dataset: str, key: bytes, out_dir: str, *, size: str = "smoke",
                 r["edge_images"], r["neighbours"], r["blocks_exact"],
                 r["values_exact"], r["ssim"], r.get("ssim_up_to_mirror"),
                 r["seconds"],
-                r["verdict"] or r.get("reason", ""))
+                r["verdict"])
     table.write(folder, "settings" if settings else "table")
     _breaking_table(dataset, rows).write(folder, "breaking_point")
     _figures(folder, dataset, rows, grids, test, [s.name for s in chosen],
@@ -386,15 +386,6 @@ def _attack(setting, attack, n, test, public, encrypted, key, examples, seed,
               block_size=setting.block_size or encryption.get_scheme(
                   scheme).default_block_size,
               steps="+".join(setting.steps) if setting.steps else "all")
-  nan = float("nan")
-  reason = (same_key.unsupported(scheme, shape, setting.block_size)
-            if attack == CIPHERTEXT_ONLY else None)
-  if reason:
-    info.update(edge_images=0, neighbours=nan, blocks_exact=nan,
-                values_exact=nan, ssim=nan, ssim_up_to_mirror=nan,
-                seconds=nan, verdict="",
-                reason=f"not run: {reason}")
-    return {}, info
   rows = sources.subset(len(test), n)
   if attack == CIPHERTEXT_ONLY:
     recovered = same_key.recover_key(

@@ -55,10 +55,10 @@ RECOVERED = "recovered"  # The fingerprint of every recovered plan.
 # Multiply-adds the pooled edge statistics may cost (about 10 s here); more
 # ciphertexts than this allows are subsampled for the edges only.
 EDGE_BUDGET = 3e11
-ELE_MAX_BLOCKS = 256  # ELE's block solver is too slow beyond this.
 # The pooled edge Gram matrix holds (n 8 C) x (n 4 C) float32 values for n
-# blocks; 224x224 images in 4x4 blocks would need 11 GB (etc) or more.
-MAX_GRAM_BYTES = 4 << 30
+# blocks; 224x224 images in 4x4 blocks would need 11 GB (etc, ele), so
+# beyond this `PooledEdges` computes the rows the solver asks for instead.
+MAX_GRAM_BYTES = 1 << 30
 
 
 @dataclasses.dataclass(frozen=True)
@@ -242,12 +242,16 @@ class PooledEdges:
 
   def __init__(self, pieces: np.ndarray, mid: float,
                photometric: Sequence[Tuple[Tuple[int, ...], int]],
-               chunk: int = 64):
+               chunk: int = 64, max_gram_bytes: int = MAX_GRAM_BYTES):
     """Args:
       pieces: uint8 or float `[N, n, B, B, C]`, n pieces of N images.
       mid: centre of the value range (127.5 or 7.5).
       photometric: the block variants' photometric transforms, as
         (channel order, sign +1/-1).
+      chunk: images per step of the pooling.
+      max_gram_bytes: largest Gram matrix kept whole; beyond it (thousands
+        of pieces) the edge vectors are kept instead and a placed piece's
+        rows of the Gram matrix are computed when the solver asks for them.
     """
     n_img, n, b, _, c = pieces.shape
     self.n, self.c = n, c
@@ -259,7 +263,9 @@ class PooledEdges:
     right2 = maps[:, :, -2].reshape(8, b)
     left = maps[:4, :, 0]
     left2 = maps[:4, :, 1]
-    gram = np.zeros((n * 8 * c, n * 4 * c), np.float32)
+    self.lazy = (n * 8 * c) * (n * 4 * c) * 4 > max_gram_bytes
+    gram = None if self.lazy else np.zeros((n * 8 * c, n * 4 * c), np.float32)
+    fms, hms = [], []
     norm_f = np.zeros((n, 8))
     norm_h = np.zeros((n, 4))
     for start in range(0, n_img, chunk):
@@ -273,10 +279,38 @@ class PooledEdges:
       norm_h += np.einsum("mntkc,mntkc->nt", h, h)
       fm = f.transpose(1, 2, 4, 0, 3).reshape(n * 8 * c, -1)
       hm = h.transpose(1, 2, 4, 0, 3).reshape(n * 4 * c, -1)
-      gram += fm @ hm.T
-    self.gram = gram.reshape(n, 8, c, n, 4, c)
+      if self.lazy:
+        fms.append(fm), hms.append(hm)
+      else:
+        gram += fm @ hm.T
+    if self.lazy:
+      self._f = np.concatenate(fms, axis=1)  # [n 8 c, N 2b]
+      self._h = np.concatenate(hms, axis=1)  # [n 4 c, N 2b]
+      self._rows = self._cols = (-1, None)  # (piece, its Gram rows), cached
+    else:
+      self.gram = gram.reshape(n, 8, c, n, 4, c)
     self.norm_f = norm_f
     self.norm_h = norm_h[:, self.col_of]  # [n, 8]
+
+  def _gram_of_left(self, piece: int) -> np.ndarray:
+    """`gram[piece]`: piece's right edges against every left edge, `[8, c, n, 4, c]`."""
+    if not self.lazy:
+      return self.gram[piece]
+    if self._rows[0] != piece:
+      k = 8 * self.c
+      rows = self._f[piece * k:(piece + 1) * k] @ self._h.T
+      self._rows = (piece, rows.reshape(8, self.c, self.n, 4, self.c))
+    return self._rows[1]
+
+  def _gram_of_right(self, piece: int) -> np.ndarray:
+    """`gram[:, :, :, piece]`: every right edge against piece's left edges, `[n, 8, c, 4, c]`."""
+    if not self.lazy:
+      return self.gram[:, :, :, piece]
+    if self._cols[0] != piece:
+      k = 4 * self.c
+      cols = self._f @ self._h[piece * k:(piece + 1) * k].T
+      self._cols = (piece, cols.reshape(self.n, 8, self.c, 4, self.c))
+    return self._cols[1]
 
   def _inner(self, g: np.ndarray, order, other_orders) -> np.ndarray:
     """`sum_c g[order[c], :, other[c]]` for each other order: `[O, n]`."""
@@ -303,12 +337,12 @@ class PooledEdges:
       u = self.transpose[cand] if vertical else cand
       if side in ("right", "below"):  # placed (t) left of candidate (u)
         row = self.reverse[t] if self.col_rev[u] else t
-        g = self.gram[piece, row, :, :, self.col_of[u], :]  # [c, n, c]
+        g = self._gram_of_left(piece)[row, :, :, self.col_of[u], :]  # [c, n, c]
         inner = self._inner(g, order, self.orders)
         base = self.norm_f[piece, t] + self.norm_h[:, u]
       else:  # candidate (u) left of placed (t)
         row = self.reverse[u] if self.col_rev[t] else u
-        g = self.gram[:, row, :, piece, self.col_of[t], :]  # [n, c, c]
+        g = self._gram_of_right(piece)[:, row, :, self.col_of[t], :]  # [n, c, c]
         g = g.transpose(1, 0, 2)  # [c(cand), n, c(placed)]
         inner = np.stack([sum(g[o[ch], :, order[ch]] for ch in range(self.c))
                           for o in self.orders])
@@ -522,81 +556,127 @@ def match_signed_permutation(cipher_corr: np.ndarray, plain_corr: np.ndarray,
   """Finds P, S with `cipher_corr ~ S P plain_corr P^T S`.
 
   Args:
-    cipher_corr: float `[L, L]` correlation of the cipher positions.
+    cipher_corr: float `[L, L]` correlation of the cipher positions, or
+      `[K, L, L]` for K independent problems against the same template
+      (ELE's blocks), solved together.
     plain_corr: float `[L, L]` correlation of plain positions (public data).
     seed: seed of the assignment's random starts.
     restarts: random starts of the quadratic assignment besides the
       barycentre.
 
   Returns:
-    `(match, signs)`: int `[L]`, the plain position of every cipher
-    position; int `[L]` in {+1, -1}, the sign of every cipher position.
+    `(match, signs)`: int `[L]` (`[K, L]` for a batch), the plain position
+    of every cipher position; int `[L]` (`[K, L]`) in {+1, -1}, the sign
+    of every cipher position.
   """
-  from scipy import optimize  # pylint: disable=g-import-not-at-top
-  vals, vecs = np.linalg.eigh(cipher_corr)
-  lead = vecs[:, -1]
+  a_all = np.asarray(cipher_corr, np.float64)
+  single = a_all.ndim == 2
+  a_all = a_all[None] if single else a_all
+  b = np.asarray(plain_corr, np.float64)
+  lead = np.linalg.eigh(a_all)[1][..., -1]  # [K, L]
   signs = np.where(lead >= 0, 1, -1)
-  if signs.sum() < 0:
-    signs = -signs
-  best = None
+  signs = np.where(signs.sum(axis=1, keepdims=True) < 0, -signs, signs)
+  template = None
   for _ in range(2):  # Signs and the matching refine each other.
-    a = cipher_corr * signs[:, None] * signs[None, :]
-    rng = np.random.default_rng(seed)
-    starts = ["barycenter"] + [
-        "randomized"] * restarts
-    for p0 in starts:
-      res = optimize.quadratic_assignment(
-          a, plain_corr, method="faq",
-          options=dict(maximize=True, P0=p0, rng=rng, maxiter=60))
-      if best is None or res.fun > best[0]:
-        best = (res.fun, res.col_ind)
-    match = best[1]
+    a = a_all * signs[:, :, None] * signs[:, None, :]
+    match = _faq_batch(a, b, seed, restarts)
+    template = b[match[:, :, None], match[:, None, :]]  # [K, L, L]
     # The sign of each cipher position that best agrees with the template.
-    agree = (cipher_corr * signs[None, :]) * plain_corr[match][:, match]
-    np.fill_diagonal(agree, 0)
-    signs = np.where(agree.sum(axis=1) >= 0, 1, -1)
-    best = (-np.inf, match)
-  return best[1], signs
+    agree = (a_all * signs[:, None, :]) * template
+    idx = np.arange(agree.shape[1])
+    agree[:, idx, idx] = 0
+    signs = np.where(agree.sum(axis=2) >= 0, 1, -1)
+  del template
+  return (match[0], signs[0]) if single else (match, signs)
 
 
 def _faq(a: np.ndarray, b: np.ndarray, seed: int, restarts: int) -> np.ndarray:
   """The permutation (col_ind) maximising `sum a[i, j] b[p[i], p[j]]`."""
-  from scipy import optimize  # pylint: disable=g-import-not-at-top
+  return _faq_batch(np.asarray(a, np.float64)[None], b, seed, restarts)[0]
+
+
+def _faq_batch(a: np.ndarray, b: np.ndarray, seed: int, restarts: int,
+               chunk: int = 256) -> np.ndarray:
+  """`_faq` for K problems `a[k]` against one `b`: int `[K, L]`.
+
+  The best of the barycentre start and `restarts` random starts of each
+  problem, as scipy's `quadratic_assignment(method='faq', maximize=True,
+  maxiter=60)` with a generator seeded by `seed` finds them: the same
+  Frank-Wolfe steps, with the matrix products of all problems batched
+  (thousands of ELE blocks made scipy's per-call overhead the attack's
+  cost) and only the linear assignments solved one by one.
+  """
+  from scipy.optimize import _qap  # pylint: disable=g-import-not-at-top
+  k_all, n = a.shape[0], a.shape[1]
   rng = np.random.default_rng(seed)
-  best = None
-  for p0 in ["barycenter"] + ["randomized"] * restarts:
-    res = optimize.quadratic_assignment(
-        a, b, method="faq",
-        options=dict(maximize=True, P0=p0, rng=rng, maxiter=60))
-    if best is None or res.fun > best[0]:
-      best = (res.fun, res.col_ind)
-  return best[1]
+  # scipy draws one random start per call from the shared generator; a
+  # fresh generator per problem gives every problem the same starts.
+  starts = [np.full((n, n), 1.0 / n)]
+  for _ in range(restarts):
+    k = _qap._doubly_stochastic(rng.uniform(size=(n, n)))  # pylint: disable=protected-access
+    starts.append((np.full((n, n), 1.0 / n) + k) / 2)
+  best = np.zeros((k_all, n), np.int64)
+  for lo in range(0, k_all, chunk):
+    a_c = a[lo:lo + chunk]
+    best_fun = np.full(len(a_c), -np.inf)
+    for p0 in starts:
+      perm = _faq_run(a_c, b, p0)
+      fun = np.einsum("kij,kij->k", a_c, b[perm[:, :, None], perm[:, None, :]])
+      better = fun > best_fun
+      best[lo:lo + chunk][better] = perm[better]
+      best_fun = np.where(better, fun, best_fun)
+  return best
+
+
+def _faq_run(a: np.ndarray, b: np.ndarray, p0: np.ndarray,
+             maxiter: int = 60, tol: float = 0.03) -> np.ndarray:
+  """scipy's FAQ iteration (no seeds, maximising) on a batch: int `[K, L]`."""
+  from scipy import optimize  # pylint: disable=g-import-not-at-top
+  k_all, n = a.shape[0], a.shape[1]
+  eye = np.eye(n)
+  p = np.broadcast_to(p0, (k_all, n, n)).copy()
+  active = np.arange(k_all)
+  # numpy multiplies stacks of matrices with BLAS only when they are
+  # contiguous; products with the shared b are one flat product each.
+  a_t = np.ascontiguousarray(a.transpose(0, 2, 1))
+  b_t = np.ascontiguousarray(b.T)
+  for _ in range(maxiter):
+    if not len(active):
+      break
+    aa, aa_t, pp = a[active], a_t[active], p[active]
+    m = len(active)
+    grad = ((aa @ pp).reshape(m * n, n) @ b_t
+            + (aa_t @ pp).reshape(m * n, n) @ b).reshape(m, n, n)
+    cols = np.stack([optimize.linear_sum_assignment(g, maximize=True)[1]
+                     for g in grad])
+    q = eye[cols]
+    r = pp - q
+    ar = aa_t @ r
+    # b r^T for every problem: (r b^T)^T.
+    br = (r.reshape(m * n, n) @ b_t).reshape(m, n, n).transpose(0, 2, 1)
+    rows = np.arange(m)[:, None]
+    b22a = np.einsum("kij,kij->k", ar, b.T[cols])
+    b22b = np.einsum("kij,kij->k", aa, br[rows, cols])
+    qa = np.einsum("kji,kij->k", ar, br)
+    qb = b22a + b22b
+    # Maximising: the critical point of qa x^2 + qb x is a maximum when
+    # qa < 0; otherwise the better endpoint (x = 0 unless qa + qb > 0).
+    with np.errstate(divide="ignore", invalid="ignore"):
+      crit = -qb / (2 * qa)
+    inside = (qa < 0) & (crit >= 0) & (crit <= 1)
+    alpha = np.where(inside, crit, np.where(-(qb + qa) < 0, 1.0, 0.0))
+    new = alpha[:, None, None] * pp + (1 - alpha[:, None, None]) * q
+    step = np.linalg.norm((pp - new).reshape(m, -1), axis=1)
+    p[active] = new
+    active = active[step / np.sqrt(n) >= tol]
+  return np.stack([optimize.linear_sum_assignment(x, maximize=True)[1]
+                   for x in p])
 
 
 # --------------------------------------------------------------------------
 # The attacks.
 
 _MAX_SAMPLES = 120_000  # Block samples for in-block correlations.
-
-
-def unsupported(scheme: str, image_shape, block_size: Optional[int] = None
-                ) -> Optional[str]:
-  """Why `recover_key` does not attack this setting, or None if it does."""
-  spec = schemes.get_scheme(scheme)
-  b = spec.default_block_size if block_size is None else block_size
-  h, w, _ = image_shape
-  if scheme == "ele" and (h // b) * (w // b) > ELE_MAX_BLOCKS:
-    return (f"ELE's per-block solver handles at most {ELE_MAX_BLOCKS} "
-            f"blocks, this image has {(h // b) * (w // b)}")
-  if scheme in ("etc", "etc_gray", "block_common", "ele"):
-    n = (h // b) * (w // b) * (3 if scheme == "etc_gray" else 1)
-    c = 1 if scheme == "etc_gray" else 3
-    gram = (n * 8 * c) * (n * 4 * c) * 4
-    if gram > MAX_GRAM_BYTES:
-      return (f"the pooled edge statistics of {n} blocks would take "
-              f"{gram / 2**30:.0f} GiB (limit {MAX_GRAM_BYTES / 2**30:.0f} "
-              "GiB)")
-  return None
 
 
 def _check_inputs(ciphertexts, scheme, block_size, image_shape, public_plain):
@@ -619,9 +699,6 @@ def _check_inputs(ciphertexts, scheme, block_size, image_shape, public_plain):
     raise ValueError(
         f"public_plain must be at least 2 uint8 images [M, {h}, {w}, {c}] "
         f"of the same distribution, got {p.dtype} {p.shape}")
-  reason = unsupported(scheme, (h, w, c), b)
-  if reason:
-    raise ValueError(f"no same-key attack on {scheme!r} here: {reason}")
   return spec, b, (h, w, c), rep_shape, x, p
 
 
@@ -650,8 +727,7 @@ def recover_key(ciphertexts: np.ndarray, *, scheme: str,
     The `RecoveredKey`.
 
   Raises:
-    ValueError: inputs that do not fit the scheme, or a setting
-      `unsupported` names.
+    ValueError: inputs that do not fit the scheme.
   """
   start = time.time()
   spec, b, shape, rep_shape, x, public = _check_inputs(
@@ -837,22 +913,36 @@ def _ele(rep, public, rep_shape, b, mid, mask_value, seed, budget, scramble,
          pairs, progress):
   """ELE: a correlation matching per block, then the block solver."""
   h, w, c = rep_shape
+  n_img = len(rep)
   plain_corr = _correlation(_samples(plain_rep(public, plans.NIBBLES), b,
                                      _MAX_SAMPLES, seed + 1))
-  pieces = _pieces_of(rep, b)  # [N, nb, b, b, c]
+  gh, gw = h // b, w // b
+  grid = rep.reshape(n_img, gh, b, gw, b, c)
+  corr = np.empty((gh * gw, b * b * c, b * b * c))
+  # Row by row of blocks: no copy of all ciphertexts in block order.
+  for i in tqdm.trange(gh, desc="ELE block correlations", leave=False,
+                       disable=not progress):
+    row = grid[:, i].transpose(2, 0, 1, 3, 4).reshape(gw, n_img, -1)
+    for j in range(gw):
+      corr[i * gw + j] = _correlation(row[j])
+  # All blocks' matchings at once: per-block calls cost ~0.2 s each in
+  # scipy's overhead, minutes for Imagenette's 3,136 blocks.
+  match, signs = match_signed_permutation(corr, plain_corr, seed, restarts=1)
+  del corr
   idx = _block_local_indices(rep_shape, b)
   source = np.empty(h * w * c, np.int64)
   mask = np.zeros(h * w * c, np.uint8)
-  for j in tqdm.trange(pieces.shape[1], desc="ELE blocks", leave=False,
-                       disable=not progress):
-    corr = _correlation(pieces[:, j].reshape(len(rep), -1))
-    match, signs = match_signed_permutation(corr, plain_corr, seed, restarts=1)
-    source[idx[j, match]] = idx[j]
-    mask[idx[j, match]] = np.where(signs < 0, mask_value, 0)
+  rows = np.arange(len(idx))[:, None]
+  source[idx[rows, match]] = idx
+  mask[idx[rows, match]] = np.where(signs < 0, mask_value, 0)
   source, mask = source.reshape(rep_shape), mask.reshape(rep_shape)
   if not scramble:
     return (*_per_block_symmetry(rep, source, mask, b, plans.NIBBLES), 0)
-  pre = rep_to_rgb(decrypt_rep(rep, source, mask), plans.NIBBLES)
+  # Only the ciphertexts the edge budget lets the block solver use are
+  # decrypted in-block (all 3,925 Imagenette images would take 1.8 GB).
+  n_edge = _edge_images(n_img, gh * gw, 3, b, budget)
+  pick = np.unique(np.linspace(0, n_img - 1, n_edge).round().astype(int))
+  pre = rep_to_rgb(decrypt_rep(rep[pick], source, mask), plans.NIBBLES)
   return _blocks(rep, pre, b, source, mask, list(range(8)),
                  _photometric(3, True, True), pairs, mid, mask_value, budget,
                  progress)
