@@ -451,7 +451,7 @@ def _dataset(s: _Settings, source: sources.Source, examples, start: int,
   keys = ["label", "position"] + (["mask"] if not train else [])
   keys.append("image" if source.images is not None else "path")
   if source.hashes is not None:
-    keys.append("hash")  # recorded SHA-256 digests, checked per batch
+    keys.append("index")  # which files' records `_check_hashes` consults
 
   def fetch(step):
     batch = examples(int(step))
@@ -462,11 +462,11 @@ def _dataset(s: _Settings, source: sources.Source, examples, start: int,
     else:
       batch["path"] = source.paths[index]
     if source.hashes is not None:
-      batch["hash"] = source.hashes[index]
+      batch["index"] = index
     return [batch[k] for k in keys]
 
   dtypes = {"label": tf.int32, "position": tf.int64, "mask": tf.bool,
-            "image": tf.uint8, "path": tf.string, "hash": tf.string}
+            "image": tf.uint8, "path": tf.string, "index": tf.int64}
 
   @tf.autograph.experimental.do_not_convert
   def fetch_tf(step):
@@ -503,18 +503,30 @@ def _dataset(s: _Settings, source: sources.Source, examples, start: int,
 def _check_hashes(source: sources.Source):
   """The per-batch map checking files against their recorded hashes.
 
-  The files' bytes come from the per-example map (read once, in parallel);
-  hashing a batch in one Python call costs microseconds per file, where a
-  Python call per example would cost far more. A damaged file fails the
-  batch before it is yielded; `_numpy_batches` then names the file.
+  The files' bytes come from the per-example map (read once, in parallel).
+  A file's first read is checked against the manifest's SHA-256
+  (`Source.verify`, one Python call per batch); later reads in the same
+  run compare a farmhash64 fingerprint taken in the graph with the one
+  recorded then (`Source.check_fingerprints`), so steady-state epochs pass
+  no file bytes to Python. A damaged file fails the batch before it is
+  yielded; `_numpy_batches` then names the file.
   """
 
   @tf.autograph.experimental.do_not_convert
   def fn(batch):
     batch = dict(batch)
-    ok = tf.numpy_function(source.check_hashes,
-                           [batch.pop("data"), batch.pop("hash")], tf.bool,
-                           stateful=False)
+    data, index = batch.pop("data"), batch.pop("index")
+    fingerprints = tf.bitcast(tf.fingerprint(data), tf.int64)
+    # stateful: the answers depend on what earlier batches recorded.
+    unchanged, unverified = tf.numpy_function(
+        source.check_fingerprints, [index, fingerprints], [tf.bool, tf.bool])
+    verified = tf.cond(
+        tf.reduce_any(unverified),
+        lambda: tf.numpy_function(
+            source.verify,
+            [index, tf.where(unverified, data, ""), fingerprints], tf.bool),
+        lambda: tf.constant(True))
+    ok = tf.logical_and(unchanged, verified)
     check = tf.debugging.Assert(
         ok, [f"a file of {source.description} differs from its recorded "
              "hash"])

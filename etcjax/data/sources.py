@@ -21,6 +21,7 @@ import functools
 import hashlib
 import os
 import re
+import threading
 from typing import Dict, List, Optional, Tuple
 
 import numpy as np
@@ -138,7 +139,8 @@ class Source:
       None (image folders may mix sizes).
     hashes: for encrypted datasets, object `[N]` of 32-byte SHA-256
       digests of every file as written (`encrypted_dataset.file_hash`);
-      the pipeline then checks each batch's files (`check_hashes`).
+      the pipeline then checks each batch's files (`check_fingerprints`,
+      `verify`).
   """
 
   labels: np.ndarray
@@ -150,23 +152,72 @@ class Source:
   channels: int = 3
   image_shape: Optional[Tuple[int, int, int]] = None
   hashes: Optional[np.ndarray] = None
+  # What this Source has verified; a fresh Source (each run, each
+  # `select`) starts over, so each run checks every file's SHA-256 once.
+  _verified: Optional["_Verified"] = dataclasses.field(
+      default=None, init=False, repr=False, compare=False)
+
+  def __post_init__(self):
+    if self.hashes is not None:
+      object.__setattr__(self, "_verified", _Verified(len(self.hashes)))
 
   def __len__(self) -> int:
     return len(self.labels)
 
-  def check_hashes(self, data: np.ndarray, expected: np.ndarray) -> np.bool_:
-    """Checks a batch of file contents against their recorded digests.
+  def check_fingerprints(self, index: np.ndarray, fingerprints: np.ndarray
+                         ) -> Tuple[np.bool_, np.ndarray]:
+    """Compares a batch's files with the fingerprints their check recorded.
+
+    Hashing every file with SHA-256 on every epoch costs several percent of
+    the input pipeline; a file is therefore checked against the manifest's
+    SHA-256 once (`verify`), which records a 64-bit fingerprint of the
+    bytes it verified, and later reads compare only that fingerprint
+    (computed in the tf.data graph). This guards against files damaged or
+    truncated on disk during a run; it is not meant to stop a party that
+    can write the dataset and forge fingerprint collisions.
 
     Args:
-      data: object `[n]`, the files' bytes.
-      expected: object `[n]`, their 32-byte SHA-256 digests from `hashes`.
+      index: int64 `[n]` positions of the batch's files in this split.
+      fingerprints: int64 `[n]`, `tf.fingerprint` (farmhash64) of the
+        files' bytes as read now.
 
     Returns:
-      bool: every file matches (the pipeline names a damaged one with
-      `read_verified`).
+      (ok, unverified): ok is False if a verified file's bytes changed
+      since; unverified bool `[n]` marks files still to `verify`.
     """
-    return np.bool_(all(hashlib.sha256(d).digest() == h
-                        for d, h in zip(data, expected)))
+    with self._verified.lock:
+      done = self._verified.done[index]
+      recorded = self._verified.fingerprints[index]
+    return np.bool_(np.all(~done | (recorded == fingerprints))), ~done
+
+  def verify(self, index: np.ndarray, data: np.ndarray,
+             fingerprints: np.ndarray) -> np.bool_:
+    """Checks files against their SHA-256 digests and records them.
+
+    Args:
+      index: int64 `[n]` positions of the batch's files in this split.
+      data: object `[n]`, the files' bytes; empty for files already
+        verified (their fingerprints were compared instead).
+      fingerprints: int64 `[n]`, `tf.fingerprint` of the same bytes.
+
+    Returns:
+      bool: every given file matches its recorded digest (the pipeline
+      names a damaged one with `read_verified`).
+    """
+    ok = True
+    with self._verified.lock:
+      todo = [k for k, i in enumerate(index) if not self._verified.done[i]]
+    for k in todo:
+      i = index[k]
+      if hashlib.sha256(data[k]).digest() != self.hashes[i]:
+        ok = False
+        continue
+      with self._verified.lock:
+        if not self._verified.done[i]:  # another batch may have raced us
+          self._verified.fingerprints[i] = fingerprints[k]
+          self._verified.done[i] = True
+          self._verified.sha256_files += 1
+    return np.bool_(ok)
 
   def read_verified(self, index: np.ndarray) -> None:
     """Reads some files and checks them against `hashes`, for messages.
@@ -222,6 +273,20 @@ class Source:
          "got shape", tf.shape(image), "in file", path])
     with tf.control_dependencies([check]):
       return tf.ensure_shape(tf.identity(image), self.image_shape)
+
+
+class _Verified:
+  """Which files of a Source have been SHA-256-checked, and their fingerprints.
+
+  tf.data may run the per-batch checks in parallel threads; the lock keeps
+  a file's record and its `done` flag consistent.
+  """
+
+  def __init__(self, count: int):
+    self.done = np.zeros(count, bool)
+    self.fingerprints = np.zeros(count, np.int64)
+    self.sha256_files = 0  # how many SHA-256 checks passed (tests, benchmark)
+    self.lock = threading.Lock()
 
 
 def _read_only(array: np.ndarray) -> np.ndarray:

@@ -1,6 +1,7 @@
 """The input pipeline end to end on synthetic image folders and datasets
 encrypted by `python -m etcjax.encrypt`; real data in test_real_data.py."""
 
+import hashlib
 import itertools
 import os
 import re
@@ -14,6 +15,7 @@ from etcjax import encryption
 from etcjax.data import encrypted_dataset
 from etcjax.data import host_encryption
 from etcjax.data import pipeline
+from etcjax.data import sources
 from etcjax.encryption import jpeg
 
 from .conftest import CLASSES, image_ids, write_folder
@@ -373,6 +375,46 @@ def test_damaged_encrypted_file_stops_the_pipeline_naming_it(
   assert paths[7] in message and "damaged" in message and "\n" not in message
   # The other split is intact and still reads.
   assert list(pipeline.eval_iterator(config))
+
+
+def test_file_damaged_after_its_first_verified_epoch_is_still_caught(
+    encrypted_datasets, encrypted_config, tmp_path):
+  root = str(tmp_path / "copy")
+  shutil.copytree(encrypted_datasets["jpeg"], root)
+  paths, _, _ = encrypted_dataset.list_images(
+      root, encrypted_dataset.read_manifest(root), "train")
+  iterator = pipeline.train_iterator(
+      encrypted_config(root, encryption__jpeg_quality=85))
+  _take(iterator, 5)  # 40 files, batches of 8: every file verified once
+  _damage(paths[7])
+  # Prefetched batches may still hold the old bytes; a few epochs later
+  # the changed file must have been read (and compared) again.
+  with pytest.raises(encrypted_dataset.DamagedFileError) as raised:
+    _take(iterator, 20)
+  assert paths[7] in str(raised.value)
+
+
+def test_each_file_is_sha256_checked_once_per_run(
+    encrypted_datasets, encrypted_config, monkeypatch):
+  hashed = []
+
+  class CountingHashlib:
+    @staticmethod
+    def sha256(data):
+      hashed.append(bytes(data))
+      return hashlib.sha256(data)
+
+  monkeypatch.setattr(sources, "hashlib", CountingHashlib)
+  config = encrypted_config(encrypted_datasets["jpeg"],
+                            encryption__jpeg_quality=85)
+  files = 40
+  _take(pipeline.train_iterator(config), 4 * 5)  # four epochs
+  # At least once each; well under once per epoch (only batches checked
+  # in parallel at an epoch's turn may hash a file twice).
+  assert len(set(hashed)) == files and files <= len(hashed) < 2 * files
+  hashed.clear()
+  _take(pipeline.train_iterator(config), 5)  # a new run verifies again
+  assert len(set(hashed)) == files
 
 
 def test_dataset_without_file_hashes_is_refused_with_the_way_forward(
