@@ -30,21 +30,29 @@ FAILURE = 1
 
 
 def _keep_keras_out_of_home() -> None:
-  """Points KERAS_HOME away from ~/.keras, unless the user has set it.
+  """Points Keras' and matplotlib's folders away from the user's home.
 
   TensorFlow imports Keras, and importing Keras creates ~/.keras (a
-  keras.json of its defaults) unless KERAS_HOME is set. etcjax never reads
-  Keras' config nor downloads through Keras, and a command must not write
-  under the user's home unasked (tests/test_cli_errors.py checks it). A
-  per-user folder of the temp dir is where Keras itself goes when the
-  home is not writable (/tmp/.keras); a KERAS_HOME the user set wins.
+  keras.json of its defaults) unless KERAS_HOME is set; Keras in turn
+  imports matplotlib, which writes a font cache to ~/.cache/matplotlib and
+  creates ~/.config/matplotlib unless MPLCONFIGDIR is set. etcjax never
+  reads Keras' config nor downloads through Keras, and a command must not
+  write under the user's home unasked (tests/test_cli_errors.py checks it).
+  A per-user folder of the temp dir is where both go when the home is not
+  writable. A variable the user set wins, and so does a matplotlib config
+  folder the user already has (its matplotlibrc styles our figures).
   """
-  os.environ.setdefault("KERAS_HOME", os.path.join(
-      tempfile.gettempdir(), f"etcjax-keras-{os.getuid()}"))
+  folder = os.path.join(tempfile.gettempdir(), f"etcjax-keras-{os.getuid()}")
+  os.environ.setdefault("KERAS_HOME", folder)
+  config_home = os.environ.get("XDG_CONFIG_HOME") or os.path.join(
+      os.path.expanduser("~"), ".config")
+  if not os.path.isdir(os.path.join(config_home, "matplotlib")):
+    os.environ.setdefault("MPLCONFIGDIR", os.path.join(folder, "matplotlib"))
 
 
 # At import: every face imports this module before any module that imports
-# TensorFlow, and Keras reads KERAS_HOME once, when it is first imported.
+# TensorFlow, and Keras and matplotlib read their variables once, when they
+# are first imported.
 _keep_keras_out_of_home()
 
 

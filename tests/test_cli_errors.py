@@ -78,7 +78,8 @@ def test_main_offline_without_data_fails_at_once(tmp_path):
   home = tmp_path / "home"
   home.mkdir()
   env = {k: v for k, v in os.environ.items()
-         if k not in ("TFDS_DATA_DIR", "KERAS_HOME")}
+         if k not in ("TFDS_DATA_DIR", "KERAS_HOME", "MPLCONFIGDIR",
+                      "XDG_CONFIG_HOME", "XDG_CACHE_HOME")}
   env["HOME"] = str(home)
   result, seconds = _main(f"--config={ROOT}/{CONFIG}:smoke",
                           "--workdir=runs/x", env=env, cwd=tmp_path)
@@ -88,8 +89,9 @@ def test_main_offline_without_data_fails_at_once(tmp_path):
     assert words in line
   assert "Traceback" not in result.stderr
   assert seconds < 90  # imports included; the download retries took 3.5 min
-  assert not (home / "tensorflow_datasets").exists()
-  assert not (home / ".keras").exists()  # Keras, imported by TensorFlow
+  # Nothing at all: no tfds skeleton, no ~/.keras (Keras, imported by
+  # TensorFlow), no matplotlib cache (imported by Keras).
+  assert sorted(p.name for p in home.iterdir()) == []
   assert not (tmp_path / "runs").exists()
 
 
@@ -99,14 +101,16 @@ def test_faces_keep_keras_out_of_home(face, tmp_path):
   use) creates no ~/.keras; a KERAS_HOME the user set is kept."""
   home = tmp_path / "home"
   home.mkdir()
-  env = {k: v for k, v in os.environ.items() if k != "KERAS_HOME"}
+  env = {k: v for k, v in os.environ.items()
+         if k not in ("KERAS_HOME", "MPLCONFIGDIR", "XDG_CONFIG_HOME",
+                      "XDG_CACHE_HOME")}
   env["HOME"] = str(home)
   code = (f"import os, etcjax.{face}, tensorflow\n"
           "print(os.environ['KERAS_HOME'])\n")
   result = subprocess.run([sys.executable, "-c", code], capture_output=True,
                           text=True, env=env, cwd=tmp_path, timeout=300)
   assert result.returncode == 0, result.stderr[-2000:]
-  assert not (home / ".keras").exists()
+  assert sorted(p.name for p in home.iterdir()) == []  # no .keras, .cache
   assert not result.stdout.strip().startswith(str(home))
   if face == "encrypt":  # The user's own choice wins.
     env["KERAS_HOME"] = str(tmp_path / "mine")
@@ -114,6 +118,14 @@ def test_faces_keep_keras_out_of_home(face, tmp_path):
                             text=True, env=env, cwd=tmp_path, timeout=300)
     assert result.stdout.strip() == str(tmp_path / "mine")
     assert (tmp_path / "mine").is_dir()
+    # A matplotlib config folder the user has keeps styling our figures.
+    del env["KERAS_HOME"]
+    (home / ".config" / "matplotlib").mkdir(parents=True)
+    result = subprocess.run(
+        [sys.executable, "-c", "import os, etcjax.encrypt\n"
+         "print(os.environ.get('MPLCONFIGDIR'))"],
+        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    assert result.stdout.strip() == "None"
 
 
 def test_main_help_lists_config_fields_with_comments():
