@@ -5,7 +5,7 @@ its manifest recorded (issue 15). tf.data reads each file once in its
 parallel map and carries the bytes; a file's first read in a run is
 SHA-256-checked (one Python call per batch), which records a farmhash64
 fingerprint taken in the graph; later epochs compare only that fingerprint
-(no file bytes pass to Python). This measures `pipeline.train_iterator`
+(in the graph: no Python call). This measures `pipeline.train_iterator`
 images/s on CIFAR-10 encrypted on disk (EtC, JPEG QF 85 written by
 `python -m etcjax.encrypt encrypt`):
 

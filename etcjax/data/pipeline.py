@@ -451,7 +451,7 @@ def _dataset(s: _Settings, source: sources.Source, examples, start: int,
   keys = ["label", "position"] + (["mask"] if not train else [])
   keys.append("image" if source.images is not None else "path")
   if source.hashes is not None:
-    keys.append("index")  # which files' records `_check_hashes` consults
+    keys.append("index")  # which file, for the per-batch hash check
 
   def fetch(step):
     batch = examples(int(step))
@@ -461,8 +461,6 @@ def _dataset(s: _Settings, source: sources.Source, examples, start: int,
       batch["image"] = source.images[index]
     else:
       batch["path"] = source.paths[index]
-    if source.hashes is not None:
-      batch["index"] = index
     return [batch[k] for k in keys]
 
   dtypes = {"label": tf.int32, "position": tf.int64, "mask": tf.bool,
@@ -504,29 +502,59 @@ def _check_hashes(source: sources.Source):
   """The per-batch map checking files against their recorded hashes.
 
   The files' bytes come from the per-example map (read once, in parallel).
-  A file's first read is checked against the manifest's SHA-256
-  (`Source.verify`, one Python call per batch); later reads in the same
-  run compare a farmhash64 fingerprint taken in the graph with the one
-  recorded then (`Source.check_fingerprints`), so steady-state epochs pass
-  no file bytes to Python. A damaged file fails the batch before it is
+  Each file is SHA-256'd against the manifest once per Source, in one
+  Python call per batch (`Source.check_hashes`), which records the
+  farmhash64 fingerprint (`tf.fingerprint`) of the bytes that matched.
+  Later epochs only fingerprint the batch in the graph and compare with
+  the recorded fingerprints, held in variables indexed by file: no Python
+  call while every file of a batch matches. Files not verified yet, or
+  whose fingerprint differs, go to `check_hashes`, which hashes the first
+  and fails the second. A damaged file fails the batch before it is
   yielded; `_numpy_batches` then names the file.
+
+  The fingerprint catches accidental change (a 64-bit checksum), not a
+  replacement crafted to collide with farmhash64: that needs write access
+  to the dataset during training, and the next run's SHA-256 pass catches
+  it.
   """
+  done, fingerprints = source.verified_fingerprints()
+  # Written only after `check_hashes` accepted the file, fingerprint before
+  # flag; a stale or racing read can only send a file to `check_hashes`,
+  # whose own record (under its lock) decides.
+  done_var = tf.Variable(done, trainable=False, name="hash_checked")
+  fingerprint_var = tf.Variable(fingerprints, trainable=False,
+                                name="hash_checked_fingerprint")
+
+  def check_in_python(index, data, fingerprint, known):
+    unknown = tf.where(tf.logical_not(known))[:, 0]
+    index = tf.gather(index, unknown)
+    fingerprint = tf.gather(fingerprint, unknown)
+    ok = tf.numpy_function(source.check_hashes,
+                           [index, tf.gather(data, unknown), fingerprint],
+                           tf.bool, stateful=True)
+    ok = tf.ensure_shape(ok, ())
+
+    def record():
+      at = index[:, None]
+      wrote = fingerprint_var.scatter_nd_update(at, fingerprint)
+      with tf.control_dependencies([wrote]):
+        flagged = done_var.scatter_nd_update(
+            at, tf.ones_like(index, tf.bool))
+      with tf.control_dependencies([flagged]):
+        return tf.identity(ok)
+
+    return tf.cond(ok, record, lambda: ok)
 
   @tf.autograph.experimental.do_not_convert
   def fn(batch):
     batch = dict(batch)
     data, index = batch.pop("data"), batch.pop("index")
-    fingerprints = tf.bitcast(tf.fingerprint(data), tf.int64)
-    # stateful: the answers depend on what earlier batches recorded.
-    unchanged, unverified = tf.numpy_function(
-        source.check_fingerprints, [index, fingerprints], [tf.bool, tf.bool])
-    verified = tf.cond(
-        tf.reduce_any(unverified),
-        lambda: tf.numpy_function(
-            source.verify,
-            [index, tf.where(unverified, data, ""), fingerprints], tf.bool),
-        lambda: tf.constant(True))
-    ok = tf.logical_and(unchanged, verified)
+    fingerprint = tf.bitcast(tf.fingerprint(data), tf.int64)  # [B]
+    known = tf.logical_and(
+        tf.gather(done_var, index),
+        tf.equal(tf.gather(fingerprint_var, index), fingerprint))
+    ok = tf.cond(tf.reduce_all(known), lambda: tf.constant(True),
+                 lambda: check_in_python(index, data, fingerprint, known))
     check = tf.debugging.Assert(
         ok, [f"a file of {source.description} differs from its recorded "
              "hash"])

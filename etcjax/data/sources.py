@@ -44,6 +44,25 @@ DECODE_PNG = "png"  # tf.io.decode_png.
 
 SplitError = errors.SplitError
 
+
+def sha256_digest(data: bytes) -> bytes:
+  """The 32-byte SHA-256 of a file's bytes, as `Source.hashes` records it."""
+  return hashlib.sha256(data).digest()
+
+
+class _Verified:
+  """What `Source.check_hashes` has verified of one Source's files.
+
+  `done` bool `[N]` and `fingerprints` int64 `[N]` (allocated on first
+  use), guarded by `lock`: tf.data may run checks of several batches at
+  once.
+  """
+
+  def __init__(self):
+    self.lock = threading.Lock()
+    self.done: Optional[np.ndarray] = None
+    self.fingerprints: Optional[np.ndarray] = None
+
 # 'train', 'train[:2048]', 'test[100:]', 'train[:10%]', 'val[-500:]'.
 _SPLIT = re.compile(r"([\w.-]+)(?:\[(-?\d+%?)?:(-?\d+%?)?\])?")
 
@@ -139,8 +158,9 @@ class Source:
       None (image folders may mix sizes).
     hashes: for encrypted datasets, object `[N]` of 32-byte SHA-256
       digests of every file as written (`encrypted_dataset.file_hash`);
-      the pipeline then checks each batch's files (`check_fingerprints`,
-      `verify`).
+      the pipeline then checks each batch's files: a file's SHA-256 once
+      per Source (`check_hashes`), then the cheap fingerprint of the bytes
+      that matched it, in the tf.data graph.
   """
 
   labels: np.ndarray
@@ -152,72 +172,70 @@ class Source:
   channels: int = 3
   image_shape: Optional[Tuple[int, int, int]] = None
   hashes: Optional[np.ndarray] = None
-  # What this Source has verified; a fresh Source (each run, each
-  # `select`) starts over, so each run checks every file's SHA-256 once.
-  _verified: Optional["_Verified"] = dataclasses.field(
-      default=None, init=False, repr=False, compare=False)
-
-  def __post_init__(self):
-    if self.hashes is not None:
-      object.__setattr__(self, "_verified", _Verified(len(self.hashes)))
+  # Not an init field: `select` and `dataclasses.replace` make Sources of
+  # other files, which start with nothing verified.
+  _verified: "_Verified" = dataclasses.field(
+      init=False, default_factory=lambda: _Verified(), compare=False,
+      repr=False)
 
   def __len__(self) -> int:
     return len(self.labels)
 
-  def check_fingerprints(self, index: np.ndarray, fingerprints: np.ndarray
-                         ) -> Tuple[np.bool_, np.ndarray]:
-    """Compares a batch's files with the fingerprints their check recorded.
+  def check_hashes(self, index: np.ndarray, data: np.ndarray,
+                   fingerprints: np.ndarray) -> np.bool_:
+    """Checks files against `hashes`, each SHA-256 at most once per Source.
 
-    Hashing every file with SHA-256 on every epoch costs several percent of
-    the input pipeline; a file is therefore checked against the manifest's
-    SHA-256 once (`verify`), which records a 64-bit fingerprint of the
-    bytes it verified, and later reads compare only that fingerprint
-    (computed in the tf.data graph). This guards against files damaged or
-    truncated on disk during a run; it is not meant to stop a party that
-    can write the dataset and forge fingerprint collisions.
-
-    Args:
-      index: int64 `[n]` positions of the batch's files in this split.
-      fingerprints: int64 `[n]`, `tf.fingerprint` (farmhash64) of the
-        files' bytes as read now.
-
-    Returns:
-      (ok, unverified): ok is False if a verified file's bytes changed
-      since; unverified bool `[n]` marks files still to `verify`.
-    """
-    with self._verified.lock:
-      done = self._verified.done[index]
-      recorded = self._verified.fingerprints[index]
-    return np.bool_(np.all(~done | (recorded == fingerprints))), ~done
-
-  def verify(self, index: np.ndarray, data: np.ndarray,
-             fingerprints: np.ndarray) -> np.bool_:
-    """Checks files against their SHA-256 digests and records them.
+    The pipeline calls this (through tf.numpy_function, possibly from
+    several tf.data threads at once) for the files of a batch whose bytes'
+    fingerprint it has not yet seen verified. A file not verified before is
+    SHA-256'd against its recorded digest and, when it matches, its
+    fingerprint is recorded; a file verified before must have the
+    fingerprint recorded then (bytes other than those that matched the
+    digest cannot match it).
 
     Args:
-      index: int64 `[n]` positions of the batch's files in this split.
-      data: object `[n]`, the files' bytes; empty for files already
-        verified (their fingerprints were compared instead).
-      fingerprints: int64 `[n]`, `tf.fingerprint` of the same bytes.
+      index: int64 `[n]` positions of the files in this split.
+      data: object `[n]`, the files' bytes.
+      fingerprints: int64 `[n]`, `tf.fingerprint` (farmhash64) of each
+        file's bytes, as the pipeline computed it.
 
     Returns:
-      bool: every given file matches its recorded digest (the pipeline
-      names a damaged one with `read_verified`).
+      bool: every file matches (the pipeline names a damaged one with
+      `read_verified`).
     """
-    ok = True
-    with self._verified.lock:
-      todo = [k for k, i in enumerate(index) if not self._verified.done[i]]
-    for k in todo:
-      i = index[k]
-      if hashlib.sha256(data[k]).digest() != self.hashes[i]:
-        ok = False
-        continue
-      with self._verified.lock:
-        if not self._verified.done[i]:  # another batch may have raced us
-          self._verified.fingerprints[i] = fingerprints[k]
-          self._verified.done[i] = True
-          self._verified.sha256_files += 1
-    return np.bool_(ok)
+    record = self._verified
+    # One lock around the whole check, hashing included: a file in two
+    # batches in flight at once (an epoch's end and the next one's start)
+    # is hashed once, not twice. Hashing a batch takes well under a
+    # millisecond for CIFAR-size files, and only on a file's first epoch.
+    with record.lock:
+      if record.done is None:
+        record.done = np.zeros(len(self), bool)
+        record.fingerprints = np.zeros(len(self), np.int64)
+      ok = True
+      for i, d, f in zip(index, data, fingerprints):
+        if record.done[i]:
+          ok &= bool(record.fingerprints[i] == f)
+        elif sha256_digest(d) == self.hashes[i]:
+          record.fingerprints[i] = f
+          record.done[i] = True
+        else:
+          ok = False
+      return np.bool_(ok)
+
+  def verified_fingerprints(self) -> Tuple[np.ndarray, np.ndarray]:
+    """The files `check_hashes` verified so far, for the in-graph check.
+
+    Returns:
+      `(done, fingerprints)`: bool `[N]`, whether file i passed its SHA-256
+      check, and int64 `[N]`, the farmhash64 fingerprint of the bytes that
+      passed it (0 where not done). Copies.
+    """
+    record = self._verified
+    with record.lock:
+      if record.done is None:
+        return np.zeros(len(self), bool), np.zeros(len(self), np.int64)
+      return record.done.copy(), record.fingerprints.copy()
 
   def read_verified(self, index: np.ndarray) -> None:
     """Reads some files and checks them against `hashes`, for messages.
@@ -242,8 +260,8 @@ class Source:
 
     Args:
       path: scalar tf.string, a path from `paths`.
-      data: scalar tf.string, the file's bytes when already read (by
-        `read_verified`), else None.
+      data: scalar tf.string, the file's bytes when already read (the
+        pipeline reads them itself for the hash check), else None.
 
     Returns:
       uint8 `[H, W, channels]` (`image_shape` when fixed).
@@ -273,20 +291,6 @@ class Source:
          "got shape", tf.shape(image), "in file", path])
     with tf.control_dependencies([check]):
       return tf.ensure_shape(tf.identity(image), self.image_shape)
-
-
-class _Verified:
-  """Which files of a Source have been SHA-256-checked, and their fingerprints.
-
-  tf.data may run the per-batch checks in parallel threads; the lock keeps
-  a file's record and its `done` flag consistent.
-  """
-
-  def __init__(self, count: int):
-    self.done = np.zeros(count, bool)
-    self.fingerprints = np.zeros(count, np.int64)
-    self.sha256_files = 0  # how many SHA-256 checks passed (tests, benchmark)
-    self.lock = threading.Lock()
 
 
 def _read_only(array: np.ndarray) -> np.ndarray:

@@ -1,7 +1,7 @@
 """The input pipeline end to end on synthetic image folders and datasets
 encrypted by `python -m etcjax.encrypt`; real data in test_real_data.py."""
 
-import hashlib
+import collections
 import itertools
 import os
 import re
@@ -9,6 +9,7 @@ import shutil
 
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from etcjax import encrypt as encrypt_cli
 from etcjax import encryption
@@ -377,44 +378,91 @@ def test_damaged_encrypted_file_stops_the_pipeline_naming_it(
   assert list(pipeline.eval_iterator(config))
 
 
-def test_file_damaged_after_its_first_verified_epoch_is_still_caught(
-    encrypted_datasets, encrypted_config, tmp_path):
+def _count_hashing(monkeypatch):
+  """Counts `check_hashes`' SHA-256 calls, by the bytes hashed."""
+  counts = collections.Counter()
+  real = sources.sha256_digest
+
+  def counted(data):
+    counts[bytes(data)] += 1
+    return real(data)
+
+  monkeypatch.setattr(sources, "sha256_digest", counted)
+  return counts
+
+
+def test_each_file_is_hashed_once_per_source(
+    encrypted_datasets, encrypted_config, monkeypatch):
+  root = encrypted_datasets["jpeg"]
+  paths, _, _ = encrypted_dataset.list_images(
+      root, encrypted_dataset.read_manifest(root), "train")
+  contents = set()
+  for path in paths:
+    with open(path, "rb") as f:
+      contents.add(f.read())
+  counts = _count_hashing(monkeypatch)
+  config = encrypted_config(root, encryption__jpeg_quality=85)
+  first = pipeline.train_iterator(config)
+  _take(first, 4 * 5)  # 4 epochs of 5 steps
+  assert set(counts) == contents and set(counts.values()) == {1}
+  # A fresh Source (a new pipeline) verifies every file again, once.
+  _take(pipeline.train_iterator(config), 2 * 5)
+  assert set(counts) == contents and set(counts.values()) == {2}
+
+
+def test_file_changed_after_its_verified_epoch_is_caught_later(
+    encrypted_datasets, encrypted_config, tmp_path, monkeypatch):
   root = str(tmp_path / "copy")
   shutil.copytree(encrypted_datasets["jpeg"], root)
   paths, _, _ = encrypted_dataset.list_images(
       root, encrypted_dataset.read_manifest(root), "train")
-  iterator = pipeline.train_iterator(
+  counts = _count_hashing(monkeypatch)
+  batches = pipeline.train_iterator(
       encrypted_config(root, encryption__jpeg_quality=85))
-  _take(iterator, 5)  # 40 files, batches of 8: every file verified once
+  _take(batches, 2 * 5)  # every file verified by SHA-256
+  assert sum(counts.values()) == len(paths)
   _damage(paths[7])
-  # Prefetched batches may still hold the old bytes; a few epochs later
-  # the changed file must have been read (and compared) again.
   with pytest.raises(encrypted_dataset.DamagedFileError) as raised:
-    _take(iterator, 20)
-  assert paths[7] in str(raised.value)
+    # tf.data may have read the next epoch's files already: read 4 more.
+    _take(batches, 4 * 5)
+  message = str(raised.value)
+  assert paths[7] in message and "damaged" in message and "\n" not in message
+  # Caught by the fingerprint of the verified bytes, not hashed again.
+  assert sum(counts.values()) == len(paths)
 
 
-def test_each_file_is_sha256_checked_once_per_run(
+def test_in_graph_check_compares_fingerprints_after_the_first_pass(
     encrypted_datasets, encrypted_config, monkeypatch):
-  hashed = []
+  root = encrypted_datasets["png"]
+  manifest = encrypted_dataset.read_manifest(root)
+  source = sources.load_encrypted_split(root, "train", manifest)
+  data = []
+  for path in source.paths[:4]:
+    with open(path, "rb") as f:
+      data.append(f.read())
+  checks = []
+  real = sources.Source.check_hashes
+  monkeypatch.setattr(sources.Source, "check_hashes",
+                      lambda self, *a: checks.append(len(a[0])) or real(self, *a))
+  check = pipeline._check_hashes(source)  # pylint: disable=protected-access
 
-  class CountingHashlib:
-    @staticmethod
-    def sha256(data):
-      hashed.append(bytes(data))
-      return hashlib.sha256(data)
+  def batch(files, index):
+    return {"image": tf.zeros((len(files), 1), tf.uint8),
+            "data": tf.constant(files), "index": tf.constant(index, tf.int64)}
 
-  monkeypatch.setattr(sources, "hashlib", CountingHashlib)
-  config = encrypted_config(encrypted_datasets["jpeg"],
-                            encryption__jpeg_quality=85)
-  files = 40
-  _take(pipeline.train_iterator(config), 4 * 5)  # four epochs
-  # At least once each; well under once per epoch (only batches checked
-  # in parallel at an epoch's turn may hash a file twice).
-  assert len(set(hashed)) == files and files <= len(hashed) < 2 * files
-  hashed.clear()
-  _take(pipeline.train_iterator(config), 5)  # a new run verifies again
-  assert len(set(hashed)) == files
+  check(batch(data[:2], [0, 1]))
+  assert checks == [2]
+  check(batch(data[:3], [0, 1, 2]))  # only the file not verified yet
+  assert checks == [2, 1]
+  check(batch([data[2], data[0]], [2, 0]))
+  assert checks == [2, 1]  # all in the graph: no Python call
+  changed = data[1][:-1] + bytes([data[1][-1] ^ 1])
+  with pytest.raises(tf.errors.InvalidArgumentError,
+                     match="differs from its recorded hash"):
+    check(batch([data[0], changed], [0, 1]))
+  with pytest.raises(tf.errors.InvalidArgumentError):
+    check(batch([data[3]], [2]))  # another file's bytes
+  assert sources.Source.verified_fingerprints(source)[0].sum() == 3
 
 
 def test_dataset_without_file_hashes_is_refused_with_the_way_forward(
