@@ -1,4 +1,8 @@
 """etcjax: privacy-preserving image classification with EtC images and isotropic networks."""
+import importlib.util
+import os
+import sys
+
 import setuptools
 
 # Versions that resolve together on Python 3.11 (jax CPU wheels; TPU users add
@@ -37,6 +41,40 @@ EXTRAS = {
     "tensorboard": ["tensorboard==2.21.0"],
 }
 
+
+
+def _xla_ffi_include():
+  """jaxlib's XLA FFI headers (pyproject.toml puts jaxlib in the build env).
+
+  Found without importing jaxlib; None when jaxlib or its headers are
+  missing, and the depthwise kernel is then not built.
+  """
+  spec = importlib.util.find_spec("jaxlib")
+  for folder in (spec.submodule_search_locations or []) if spec else []:
+    include = os.path.join(folder, "include")
+    if os.path.isfile(os.path.join(include, "xla", "ffi", "api", "ffi.h")):
+      return include
+  print("etcjax: jaxlib's FFI headers not found; building without the "
+        "compiled depthwise kernel", file=sys.stderr)
+  return None
+
+
+_FFI_INCLUDE = _xla_ffi_include()
+EXTENSIONS = [
+    # The host encryption kernel (etcjax/encryption/host_kernel.py).
+    setuptools.Extension("etcjax.encryption._segments",
+                         ["etcjax/encryption/_segments.c"],
+                         extra_compile_args=["-O3"], optional=True),
+]
+if _FFI_INCLUDE:
+  # XLA:CPU depthwise convolution (etcjax/models/depthwise_cpu_kernel.py),
+  # loaded with ctypes and called through the XLA FFI.
+  EXTENSIONS.append(setuptools.Extension(
+      "etcjax.models._depthwise_cpu", ["etcjax/models/_depthwise_cpu.cc"],
+      include_dirs=[_FFI_INCLUDE], language="c++",
+      extra_compile_args=["-O3", "-std=c++17", "-ffp-contract=fast",
+                          "-Wno-psabi"], optional=True))
+
 setuptools.setup(
     name="etcjax",
     version="0.1.0",
@@ -46,13 +84,9 @@ setuptools.setup(
     python_requires=">=3.10",
     packages=setuptools.find_packages(include=["etcjax", "etcjax.*"]),
     install_requires=INSTALL_REQUIRES,
-    # The host encryption kernel (etcjax/encryption/host_kernel.py). Optional:
-    # without a C compiler the install succeeds and XLA does the work.
-    ext_modules=[
-        setuptools.Extension("etcjax.encryption._segments",
-                             ["etcjax/encryption/_segments.c"],
-                             extra_compile_args=["-O3"], optional=True)
-    ],
+    # Compiled CPU kernels. Optional: without a compiler the install
+    # succeeds and XLA does the work, with the same results.
+    ext_modules=EXTENSIONS,
     extras_require=EXTRAS,
     license="Apache-2.0",
 )

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from etcjax import models
+from etcjax.models import depthwise_cpu_kernel
 from etcjax.models.patch_embedding import PatchEmbedding
 from random_variables import random_variables  # tests/models is on sys.path
 
@@ -85,7 +86,10 @@ def test_depthwise_method_changes_nothing_but_speed():
   params = variables["params"]
   value_and_grad = jax.jit(jax.value_and_grad(loss), static_argnums=1)
   expected = value_and_grad(params, "grouped")
-  for method in ["toeplitz", "shifted"]:
+  methods = ["toeplitz", "shifted"]
+  if depthwise_cpu_kernel.available():
+    methods.append("native")
+  for method in methods:
     value, grads = value_and_grad(params, method)
     np.testing.assert_allclose(value, expected[0], rtol=1e-4)
     for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(expected[1])):
