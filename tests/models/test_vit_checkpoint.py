@@ -178,3 +178,34 @@ def test_bad_inputs_and_names():
     module.apply(variables, jnp.zeros((1, 32, 32, 1)))
   with pytest.raises(ValueError, match="known models: .*ConvMixer-256/8"):
     models.create("ViT-X_16", 10, 32)
+
+
+def test_head_major_attention_equals_flax_attention():
+  import flax.linen as nn  # pylint: disable=g-import-not-at-top
+  from etcjax.models.vit import SelfAttention  # pylint: disable=g-import-not-at-top
+  x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 7, 12)),
+                  jnp.float32)
+  reference = nn.MultiHeadDotProductAttention(
+      num_heads=3, kernel_init=nn.initializers.xavier_uniform(),
+      broadcast_dropout=False, deterministic=True)
+  ours = SelfAttention(3)
+  variables = reference.init(jax.random.PRNGKey(0), x, x)
+  # The same tree, shapes and initial values: checkpoints and seeds carry over.
+  mine = ours.init(jax.random.PRNGKey(0), x, deterministic=True)
+  assert jax.tree.structure(mine) == jax.tree.structure(variables)
+  for a, b in zip(jax.tree.leaves(mine), jax.tree.leaves(variables)):
+    np.testing.assert_array_equal(a, b)
+  variables = jax.tree.map(  # non-zero biases
+      lambda v: v + 0.1 * jnp.arange(v.size).reshape(v.shape) / v.size,
+      variables)
+  cotangent = jnp.asarray(np.random.default_rng(1).normal(size=x.shape))
+  loss = lambda f: lambda v, x: jnp.sum(f(v, x) * cotangent)
+  want = jax.value_and_grad(loss(lambda v, x: reference.apply(v, x, x)),
+                            argnums=(0, 1))(variables, x)
+  got = jax.value_and_grad(loss(
+      lambda v, x: ours.apply(v, x, deterministic=True)), argnums=(0, 1))(
+          variables, x)
+  for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+  with pytest.raises(ValueError, match="width 12 is not a multiple of 5"):
+    SelfAttention(5).init(jax.random.PRNGKey(0), x, deterministic=True)
