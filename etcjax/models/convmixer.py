@@ -72,9 +72,10 @@ def gelu_batch_norm(x, scale, bias, epsilon):
   The same values as `nn.BatchNorm(use_running_average=False)(gelu(x))`
   (Flax's fast variance, float32 statistics), with a backward pass that
   keeps only `x`: it recomputes GELU(x) and the normalised values from x
-  and the per-channel statistics. Autodiff of the two layers keeps GELU(x),
-  its derivative's factors and the normalised tensor as well; a
-  ConvMixer-256/8 step at patch 1 has 16 such activations of 67 MB each.
+  and the per-channel statistics. With autodiff of the two layers, XLA:CPU
+  kept GELU(x) and the derivative's factors as well: a ConvMixer-256/8
+  training step at patch 2 needed 1,159 MB of XLA temporaries, 606 MB with
+  this, and ran 0.89x the time (alternated rounds).
 
   Args:
     x: float `[..., C]` (the pre-activation).

@@ -45,7 +45,19 @@ from etcjax.models import depthwise_cpu_kernel
 
 METHODS = ("auto", "grouped", "toeplitz", "shifted", "native")
 
-# 'auto' on CPU: 'toeplitz' costs (H*W)^2 multiply-adds per channel and
+# 'auto' on CPU picks 'native' for float32 whenever the kernel was built:
+# training steps, benchmarks/models_speed.py --method native
+# --baseline_method toeplitz, same run, 4 alternated rounds of >= 10 s,
+# quiet 2-vCPU AMD EPYC, median images/s ratio (min-max):
+#
+#   ConvMixer-256/8 P=4 (8x8, k=9)      native / toeplitz 1.36 (1.26-1.38)
+#   ConvMixer-128/6 P=4 (8x8, k=5) :cpu native / toeplitz 1.44 (1.39-1.49)
+#   ConvMixer-256/8 P=2 (16x16, k=9)    native / toeplitz 3.59 (3.53-3.86)
+#
+# and against 'shifted' at P=1 and P=2 the kernels alone are 3-4x faster
+# (depthwise_cpu_kernel.py). Without it (no compiler, or bfloat16):
+#
+# 'toeplitz' costs (H*W)^2 multiply-adds per channel and
 # image, 'shifted' k*k*H*W (plus its transposes), so the choice depends on
 # H*W / (k*k). Measured with benchmarks/models_speed.py, training steps,
 # batch 64, alternating rounds of >= 10 s, median ratio (min-max) of
