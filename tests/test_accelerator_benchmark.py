@@ -36,7 +36,10 @@ def _check_row(row):
   assert len(row["parity_device_losses"]) == 2
   # bfloat16 against float32: close, and really a different computation.
   assert row["parity_ok"] and row["parity_max_rel_diff"] <= 5e-2
-  assert row["parity_device_losses"] != row["parity_cpu_losses"]
+  # ViT's head starts at zero (vit_jax), so its first losses are ln(10) up to
+  # float32 rounding in any compute dtype; ConvMixer's are not.
+  if not row["case"].startswith("vit"):
+    assert row["parity_device_losses"] != row["parity_cpu_losses"]
 
 
 def test_convmixer_cifar10_report(tmp_path, data_dir):

@@ -24,9 +24,9 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from etcjax.models.depthwise_conv import DepthwiseConv
+from etcjax.models.gelu import gelu, gelu_factors
 from etcjax.models.patch_embedding import PatchEmbedding, check_images
 from etcjax.models.per_position_embedding import PerPositionPatchEmbedding
 
@@ -34,26 +34,6 @@ from etcjax.models.per_position_embedding import PerPositionPatchEmbedding
 # (weight of the running value).
 BN_MOMENTUM = 0.9
 BN_EPSILON = 1e-5
-
-
-def gelu(x):
-  """Exact (erf) GELU, `x * Phi(x)`, as `torch.nn.GELU`.
-
-  Args:
-    x: float array.
-
-  Returns:
-    GELU(x), same shape and dtype.
-  """
-  return nn.gelu(x, approximate=False)
-
-
-def _gelu_factors(x):
-  """Phi(x) and phi(x): GELU(x) = x Phi(x), GELU'(x) = Phi(x) + x phi(x)."""
-  # Python floats are weakly typed: bfloat16 stays bfloat16.
-  cdf = 0.5 * (1 + jax.lax.erf(x * float(1 / np.sqrt(2))))
-  pdf = jnp.exp(-0.5 * x * x) * float(1 / np.sqrt(2 * np.pi))
-  return cdf, pdf
 
 
 def _batch_statistics(a):
@@ -119,7 +99,7 @@ def _gelu_batch_norm_bwd(epsilon, residuals, cotangents):
   # float x * 0) makes them wait for this layer's gradient.
   # jax.lax.optimization_barrier((x, dy)) did not prevent it.
   x = x + (0 * dbias).astype(x.dtype)
-  cdf, pdf = _gelu_factors(x)
+  cdf, pdf = gelu_factors(x)
   normalized = ((x * cdf).astype(jnp.float32) - mean) * inv
   dscale = jnp.sum(dy * normalized, axes)
   da = (scale * inv) * (dy - (dbias + normalized * dscale) / count)

@@ -22,6 +22,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from etcjax.models.gelu import gelu
 from etcjax.models.patch_embedding import PatchEmbedding, check_images
 from etcjax.models.per_position_embedding import PerPositionPatchEmbedding
 
@@ -192,7 +193,7 @@ class MlpBlock(nn.Module):
                 bias_init=nn.initializers.normal(stddev=1e-6), dtype=self.dtype)
     out_dim = x.shape[-1]
     x = nn.Dense(self.mlp_dim, name="Dense_0", **init)(x)
-    x = nn.gelu(x, approximate=False)
+    x = gelu(x)
     x = nn.Dropout(self.dropout_rate)(x, deterministic=deterministic)
     x = nn.Dense(out_dim, name="Dense_1", **init)(x)
     return nn.Dropout(self.dropout_rate)(x, deterministic=deterministic)

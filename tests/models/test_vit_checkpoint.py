@@ -209,3 +209,15 @@ def test_head_major_attention_equals_flax_attention():
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
   with pytest.raises(ValueError, match="width 12 is not a multiple of 5"):
     SelfAttention(5).init(jax.random.PRNGKey(0), x, deterministic=True)
+
+
+def test_gelu_with_lean_backward_equals_exact_gelu():
+  from etcjax.models.gelu import gelu  # pylint: disable=g-import-not-at-top
+  x = jnp.linspace(-6, 6, 101)
+  exact = lambda x: jax.nn.gelu(x, approximate=False)
+  np.testing.assert_allclose(gelu(x), exact(x), rtol=1e-6, atol=1e-7)
+  loss = lambda f: lambda x: jnp.sum(jnp.sin(x) * f(x))
+  np.testing.assert_allclose(jax.grad(loss(gelu))(x), jax.grad(loss(exact))(x),
+                             rtol=1e-5, atol=1e-6)
+  half = x.astype(jnp.bfloat16)
+  assert jax.grad(loss(gelu))(half).dtype == jnp.bfloat16
