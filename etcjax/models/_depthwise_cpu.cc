@@ -256,9 +256,17 @@ ffi::Error TapGradientImpl(ffi::BufferR4<ffi::F32> x,
                            ffi::BufferR4<ffi::F32> g,
                            ffi::ResultBufferR3<ffi::F32> dt, int64_t pad_top,
                            int64_t pad_left) {
+  auto dd = dt->dimensions();
   Shape s;
-  ffi::Error error = check(x, dt->dimensions()[0], pad_top, pad_left, &s);
+  ffi::Error error = check(x, dd[0], pad_top, pad_left, &s);
   if (error.failure()) return error;
+  auto gd = g.dimensions();
+  if (gd[0] != s.n || gd[1] != s.h || gd[2] != s.w || gd[3] != s.c ||
+      dd[1] != s.k || dd[2] != s.c) {
+    return ffi::Error::InvalidArgument(
+        "etcjax depthwise tap_gradient: g must have x's shape [N, H, W, C] "
+        "and the result [k, k, C]");
+  }
   tap_gradient(x.typed_data(), g.typed_data(), dt->typed_data(), s);
   return ffi::Error::Success();
 }

@@ -112,6 +112,9 @@ def correlate(x, taps, pad_top: int, pad_left: int):
     `y[n,h,w,c] = sum_{i,j} x[n, h+i-pad_top, w+j-pad_left, c] * taps[i,j,c]`.
   """
   _require(x, "x")
+  k = taps.shape[0]
+  if taps.shape != (k, k, x.shape[-1]):
+    raise ValueError(f"taps must be [k, k, C={x.shape[-1]}], got {taps.shape}")
   return jax.ffi.ffi_call(
       _CORRELATE, jax.ShapeDtypeStruct(x.shape, x.dtype),
       vmap_method="sequential")(
@@ -134,6 +137,8 @@ def tap_gradient(x, g, k: int, pad_top: int, pad_left: int):
     `dt[i,j,c] = sum_{n,h,w} x[n, h+i-pad_top, w+j-pad_left, c] * g[n,h,w,c]`.
   """
   _require(x, "x")
+  if g.shape != x.shape:
+    raise ValueError(f"g must have x's shape {x.shape}, got {g.shape}")
   return jax.ffi.ffi_call(
       _TAP_GRADIENT, jax.ShapeDtypeStruct((k, k, x.shape[-1]), x.dtype),
       vmap_method="sequential")(

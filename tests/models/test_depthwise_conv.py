@@ -108,6 +108,12 @@ def test_native_refuses_what_it_cannot_compute():
     depthwise_conv2d(x, kernel, method="native")
   # 'auto' picks an XLA formulation for bfloat16 instead.
   assert depthwise_conv2d(x, kernel).dtype == jnp.bfloat16
+  x = jnp.zeros((1, 8, 8, 4))
+  with pytest.raises(ValueError, match=r"taps must be \[k, k, C=4\], got "
+                     r"\(3, 3, 5\)"):
+    depthwise_cpu_kernel.correlate(x, jnp.zeros((3, 3, 5)), 1, 1)
+  with pytest.raises(ValueError, match=r"g must have x's shape \(1, 8, 8, 4\)"):
+    depthwise_cpu_kernel.tap_gradient(x, jnp.zeros((1, 8, 7, 4)), 3, 1, 1)
 
 
 def test_native_under_vmap():
