@@ -72,12 +72,17 @@ def gelu_batch_norm(x, scale, bias, epsilon):
   return y, mean, var
 
 
+def _normalize(a, mean, inv, scale, bias):
+  """`(a - mean) * inv * scale + bias` in float32, returned in a's dtype."""
+  y = (a.astype(jnp.float32) - mean) * (inv * scale) + bias
+  return y.astype(a.dtype)
+
+
 def _gelu_batch_norm_forward(x, scale, bias, epsilon):
   a = gelu(x)
   mean, var = _batch_statistics(a)
   inv = jax.lax.rsqrt(var + epsilon)
-  y = (a.astype(jnp.float32) - mean) * (inv * scale) + bias
-  return y.astype(x.dtype), mean, var, inv
+  return _normalize(a, mean, inv, scale, bias), mean, var, inv
 
 
 def _gelu_batch_norm_fwd(x, scale, bias, epsilon):
@@ -142,9 +147,8 @@ class GeluBatchNorm(nn.Module):
     scale = self.param("scale", nn.initializers.ones, (c,), jnp.float32)
     bias = self.param("bias", nn.initializers.zeros, (c,), jnp.float32)
     if self.use_running_average:
-      inv = jax.lax.rsqrt(ra_var.value + self.epsilon)
-      y = (gelu(x).astype(jnp.float32) - ra_mean.value) * (inv * scale) + bias
-      return y.astype(self.dtype)
+      return _normalize(gelu(x), ra_mean.value,
+                        jax.lax.rsqrt(ra_var.value + self.epsilon), scale, bias)
     y, mean, var = gelu_batch_norm(x, scale, bias, self.epsilon)
     if not self.is_initializing():
       ra_mean.value = (self.momentum * ra_mean.value
