@@ -7,6 +7,12 @@ each ViT block, 15 ms of a ViT-Ti/16 block's 181 ms training step at batch
 16) and keep them until the backward pass. Here the forward pass computes
 GELU only and the backward pass computes the derivative from `x` where the
 incoming gradient is multiplied in.
+
+The forward pass is `x * (1 + erf(x / sqrt(2))) / 2`, PyTorch's formula:
+XLA:CPU evaluates it in half the time of the erfc form (0.8-1.1 ms against
+1.9-2.0 ms for a ViT-Ti/16 MLP activation `[3152, 768]`, alternated). The
+two differ only below x = -5, where the erf form rounds GELU (< 1e-6 in
+magnitude there) to 0.
 """
 
 from __future__ import annotations
@@ -40,9 +46,10 @@ def gelu(x):
 
   Returns:
     GELU(x), same shape and dtype (equal to
-    `jax.nn.gelu(x, approximate=False)` up to float rounding).
+    `jax.nn.gelu(x, approximate=False)` within 1e-6 absolute and float
+    rounding).
   """
-  return jax.nn.gelu(x, approximate=False)
+  return x * gelu_factors(x)[0]
 
 
 def _gelu_fwd(x):
@@ -50,8 +57,46 @@ def _gelu_fwd(x):
 
 
 def _gelu_bwd(x, g):
+  # XLA merges this erf(x) with the forward pass's (the same expression),
+  # and the merged value is then written out and kept until the backward
+  # pass: one more activation, and one more pass over it. Adding 0 * g
+  # (exact for finite g; XLA does not fold float x * 0) makes it another
+  # expression, computed here inside the gradient's fusion.
+  x = x + (0 * g).astype(x.dtype)
   cdf, pdf = gelu_factors(x)
   return ((g * (cdf + x * pdf)).astype(x.dtype),)
 
 
 gelu.defvjp(_gelu_fwd, _gelu_bwd)
+
+
+@jax.custom_vjp
+def gelu_with_bias(x, bias):
+  """`gelu(x + bias)`, keeping only x for the backward pass.
+
+  A Dense layer's bias add and GELU as one pass over the activations: with
+  the bias outside, XLA:CPU writes `x + bias` and keeps it for the backward
+  pass besides x.
+
+  Args:
+    x: float `[..., C]` (a matmul's output).
+    bias: float32 `[C]`.
+
+  Returns:
+    `x.shape`, in x's dtype.
+  """
+  return gelu(x + bias.astype(x.dtype))
+
+
+def _gelu_with_bias_fwd(x, bias):
+  return gelu_with_bias(x, bias), (x, bias)
+
+
+def _gelu_with_bias_bwd(residuals, g):
+  x, bias = residuals
+  (dx,) = _gelu_bwd(x + bias.astype(x.dtype), g)
+  dbias = jnp.sum(dx.astype(jnp.float32), axis=tuple(range(x.ndim - 1)))
+  return dx, dbias.astype(bias.dtype)
+
+
+gelu_with_bias.defvjp(_gelu_with_bias_fwd, _gelu_with_bias_bwd)

@@ -15,14 +15,15 @@ than 1e-3 per activation.)
 
 from __future__ import annotations
 
-import math
 from typing import Any, Optional
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from etcjax.models.gelu import gelu
+from etcjax.models.attention import DenseGeneralParams, SelfAttention
+from etcjax.models.gelu import gelu_with_bias
+from etcjax.models.layer_norm import LayerNorm
 from etcjax.models.patch_embedding import PatchEmbedding, check_images
 from etcjax.models.per_position_embedding import PerPositionPatchEmbedding
 
@@ -76,103 +77,6 @@ class AddPositionEmbs(nn.Module):
     return tokens + pos.astype(tokens.dtype)
 
 
-def _flat_xavier_uniform(fan_in_dims: int):
-  """Xavier-uniform as `nn.DenseGeneral` draws it: on the kernel flattened
-  to `[prod(shape[:fan_in_dims]), prod(shape[fan_in_dims:])]`."""
-  def init(key, shape, dtype=jnp.float32):
-    flat = (math.prod(shape[:fan_in_dims]), math.prod(shape[fan_in_dims:]))
-    return nn.initializers.xavier_uniform()(key, flat, dtype).reshape(shape)
-  return init
-
-
-class HeadProjection(nn.Module):
-  """`[N, L, D]` -> per-head `[N, H, L, K]`: the query, key or value map.
-
-  Parameters are those of `nn.DenseGeneral(features=(H, K))` inside
-  `nn.MultiHeadDotProductAttention` (kernel `[D, H, K]`, bias `[H, K]`).
-
-  Attributes:
-    num_heads: H.
-    head_dim: K.
-    dtype: compute dtype.
-  """
-
-  num_heads: int
-  head_dim: int
-  dtype: Any = jnp.float32
-
-  @nn.compact
-  def __call__(self, x):
-    shape = (x.shape[-1], self.num_heads, self.head_dim)
-    kernel = self.param("kernel", _flat_xavier_uniform(1), shape, jnp.float32)
-    bias = self.param("bias", nn.initializers.zeros, shape[1:], jnp.float32)
-    y = jnp.einsum("nld,dhk->nhlk", x, kernel.astype(self.dtype))
-    return y + bias.astype(self.dtype)[:, None, :]
-
-
-class HeadMerge(nn.Module):
-  """Per-head `[N, H, L, K]` -> `[N, L, D]`: the attention's output map.
-
-  Parameters are those of `nn.DenseGeneral(D, axis=(-2, -1))` inside
-  `nn.MultiHeadDotProductAttention` (kernel `[H, K, D]`, bias `[D]`).
-
-  Attributes:
-    features: D.
-    dtype: compute dtype.
-  """
-
-  features: int
-  dtype: Any = jnp.float32
-
-  @nn.compact
-  def __call__(self, heads):
-    shape = (heads.shape[1], heads.shape[3], self.features)
-    kernel = self.param("kernel", _flat_xavier_uniform(2), shape, jnp.float32)
-    bias = self.param("bias", nn.initializers.zeros, shape[-1:], jnp.float32)
-    y = jnp.einsum("nhlk,hkd->nld", heads, kernel.astype(self.dtype))
-    return y + bias.astype(self.dtype)
-
-
-class SelfAttention(nn.Module):
-  """Multi-head self-attention, computed with the heads as a batch axis.
-
-  The function and parameter tree (`query`, `key`, `value`, `out`) of
-  `nn.MultiHeadDotProductAttention`, so vit_jax checkpoints load
-  unchanged. Flax's version keeps tokens before heads (`[N, L, H, K]`), and
-  XLA:CPU runs its two attention matmuls as batched products with a strided
-  batch axis: 15 and 24 ms per ViT-Ti/16 block at batch 32 against 11 and
-  11 ms head-major (measured alternately on this project's 2-core CPU). The
-  softmax is taken in float32 whatever the compute dtype.
-
-  Attributes:
-    num_heads: H; the width D must be a multiple of it.
-    dropout_rate: dropout on the attention weights.
-    dtype: compute dtype.
-  """
-
-  num_heads: int
-  dropout_rate: float = 0.0
-  dtype: Any = jnp.float32
-
-  @nn.compact
-  def __call__(self, x, *, deterministic: bool):
-    """`[N, L, D]` -> `[N, L, D]`."""
-    d = x.shape[-1]
-    if d % self.num_heads:
-      raise ValueError(f"width {d} is not a multiple of {self.num_heads} heads")
-    head_dim = d // self.num_heads
-    project = lambda name: HeadProjection(
-        self.num_heads, head_dim, dtype=self.dtype, name=name)(x)
-    query, key, value = project("query"), project("key"), project("value")
-    query = query / jnp.sqrt(head_dim).astype(self.dtype)
-    logits = jnp.einsum("nhqk,nhvk->nhqv", query, key)
-    weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
-    weights = nn.Dropout(self.dropout_rate)(
-        weights, deterministic=deterministic).astype(self.dtype)
-    heads = jnp.einsum("nhqv,nhvk->nhqk", weights, value)
-    return HeadMerge(d, dtype=self.dtype, name="out")(heads)
-
-
 class MlpBlock(nn.Module):
   """Dense -> exact GELU -> dropout -> Dense -> dropout.
 
@@ -192,8 +96,10 @@ class MlpBlock(nn.Module):
     init = dict(kernel_init=nn.initializers.xavier_uniform(),
                 bias_init=nn.initializers.normal(stddev=1e-6), dtype=self.dtype)
     out_dim = x.shape[-1]
-    x = nn.Dense(self.mlp_dim, name="Dense_0", **init)(x)
-    x = gelu(x)
+    kernel, bias = DenseGeneralParams(
+        (out_dim, self.mlp_dim), 1, bias_init=init["bias_init"],
+        name="Dense_0")()
+    x = gelu_with_bias(x @ kernel.astype(self.dtype), bias)
     x = nn.Dropout(self.dropout_rate)(x, deterministic=deterministic)
     x = nn.Dense(out_dim, name="Dense_1", **init)(x)
     return nn.Dropout(self.dropout_rate)(x, deterministic=deterministic)
@@ -221,13 +127,13 @@ class Encoder1DBlock(nn.Module):
     """`[N, L, D]` -> `[N, L, D]`."""
     # Explicit names: linen numbers auto-names per module type, while the
     # published checkpoints (pre-linen) used one counter for the block.
-    y = nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, name="LayerNorm_0")(x)
+    y = LayerNorm(epsilon=1e-6, dtype=self.dtype, name="LayerNorm_0")(x)
     y = SelfAttention(
         self.num_heads, self.attention_dropout_rate, dtype=self.dtype,
         name="MultiHeadDotProductAttention_1")(y, deterministic=deterministic)
     y = nn.Dropout(self.dropout_rate)(y, deterministic=deterministic)
     x = x + y
-    y = nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, name="LayerNorm_2")(x)
+    y = LayerNorm(epsilon=1e-6, dtype=self.dtype, name="LayerNorm_2")(x)
     y = MlpBlock(self.mlp_dim, self.dropout_rate, dtype=self.dtype,
                  name="MlpBlock_3")(y, deterministic=deterministic)
     return x + y
@@ -253,7 +159,7 @@ class Encoder(nn.Module):
           self.mlp_dim, self.num_heads, self.dropout_rate,
           self.attention_dropout_rate, dtype=self.dtype,
           name=f"encoderblock_{i}")(x, deterministic=not train)
-    return nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, name="encoder_norm")(x)
+    return LayerNorm(epsilon=1e-6, dtype=self.dtype, name="encoder_norm")(x)
 
 
 class VisionTransformer(nn.Module):
