@@ -93,15 +93,16 @@ class MlpBlock(nn.Module):
   @nn.compact
   def __call__(self, x, *, deterministic: bool):
     """`[N, L, D]` -> `[N, L, D]`."""
-    init = dict(kernel_init=nn.initializers.xavier_uniform(),
-                bias_init=nn.initializers.normal(stddev=1e-6), dtype=self.dtype)
+    bias_init = nn.initializers.normal(stddev=1e-6)
     out_dim = x.shape[-1]
-    kernel, bias = DenseGeneralParams(
-        (out_dim, self.mlp_dim), 1, bias_init=init["bias_init"],
-        name="Dense_0")()
+    # Dense_0's bias is added inside gelu_with_bias (one pass over the
+    # [N, L, mlp_dim] activations); its parameters are nn.Dense's.
+    kernel, bias = DenseGeneralParams((out_dim, self.mlp_dim), 1,
+                                      bias_init=bias_init, name="Dense_0")()
     x = gelu_with_bias(x @ kernel.astype(self.dtype), bias)
     x = nn.Dropout(self.dropout_rate)(x, deterministic=deterministic)
-    x = nn.Dense(out_dim, name="Dense_1", **init)(x)
+    x = nn.Dense(out_dim, kernel_init=nn.initializers.xavier_uniform(),
+                 bias_init=bias_init, dtype=self.dtype, name="Dense_1")(x)
     return nn.Dropout(self.dropout_rate)(x, deterministic=deterministic)
 
 

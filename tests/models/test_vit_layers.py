@@ -183,3 +183,33 @@ def test_training_step_keeps_at_most_17_token_activations_per_block():
   activation = batch * length * d * 4
   temp = compiled.memory_analysis().temp_size_in_bytes / activation
   assert temp <= 17 * depth + 20, temp
+
+
+def test_mlp_block_equals_flax_dense_gelu_dense():
+  from etcjax.models.vit import MlpBlock  # pylint: disable=g-import-not-at-top
+
+  class Reference(nn.Module):
+
+    @nn.compact
+    def __call__(self, x):
+      init = dict(kernel_init=nn.initializers.xavier_uniform(),
+                  bias_init=nn.initializers.normal(stddev=1e-6))
+      width = x.shape[-1]
+      x = nn.Dense(24, name="Dense_0", **init)(x)
+      x = jax.nn.gelu(x, approximate=False)
+      return nn.Dense(width, name="Dense_1", **init)(x)
+
+  x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 5, 12)),
+                  jnp.float32)
+  reference = Reference()
+  variables = reference.init(jax.random.PRNGKey(0), x)
+  ours = MlpBlock(24)
+  mine = ours.init(jax.random.PRNGKey(0), x, deterministic=True)
+  assert jax.tree.structure(mine) == jax.tree.structure(variables)
+  for a, b in zip(jax.tree.leaves(mine), jax.tree.leaves(variables)):
+    np.testing.assert_array_equal(a, b)
+  variables = _perturbed(variables)
+  want = _value_and_grads(reference.apply, variables, x)
+  got = _value_and_grads(
+      lambda v, x: ours.apply(v, x, deterministic=True), variables, x)
+  _assert_trees_close(got, want, rtol=1e-5, atol=1e-5)
