@@ -14,10 +14,15 @@ vectorised loops, called from jitted code through the XLA FFI
   `dt[i, j, c] = sum_{n,h,w} x[n, h + i - pad_top, w + j - pad_left, c] * g[n, h, w, c]`:
   the kernel gradient (summed in float64 over the batch).
 
-Measured on this project's 2-vCPU AMD EPYC (a ConvMixer-256/8 layer at
-patch 1: 64x32x32x256, k=9, float32): forward 61-75 ms and kernel gradient
-85 ms, against 230-300 ms and 580 ms for the XLA 'shifted' formulation and
-127 ms (forward) for PyTorch's channels_last depthwise convolution.
+Both split the batch over XLA's intra-op thread pool (the calling thread
+included). Measured on this project's 2-vCPU AMD EPYC (a ConvMixer-256/8
+layer at patch 1: 64x32x32x256, k=9, float32), one thread: forward 61-75 ms
+and kernel gradient 85 ms, against 230-300 ms and 580 ms for the XLA
+'shifted' formulation and 127 ms (forward) for PyTorch's channels_last
+depthwise convolution; on an AVX-512 EPYC of the same pool, alternated,
+two threads against one: forward 43-55 against 72-115 ms, kernel gradient
+32-40 against 54-70 ms (at patch 2, 16x16: 9-17 against 15-19 ms and 8-12
+against 15-17 ms).
 README.md ("CPU speed") has whole training steps against PyTorch.
 
 The library is a C++ extension built by `pip install` against jaxlib's FFI

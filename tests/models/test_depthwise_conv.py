@@ -116,6 +116,28 @@ def test_native_refuses_what_it_cannot_compute():
     depthwise_cpu_kernel.tap_gradient(x, jnp.zeros((1, 8, 7, 4)), 3, 1, 1)
 
 
+@pytest.mark.skipif(not depthwise_cpu_kernel.available(),
+                    reason="the C++ depthwise kernel was not built")
+@pytest.mark.parametrize("batch", [1, 2, 5])
+def test_native_batch_split_over_threads_equals_image_by_image(batch):
+  # The kernels split the batch into one chunk per thread of XLA's pool
+  # (uneven at 5 on a 2-core machine); each image must come out as if
+  # computed alone, and the kernel gradient must be the sum over images.
+  rng = np.random.default_rng(batch)
+  x = jnp.asarray(rng.normal(size=(batch, 9, 7, 11)), jnp.float32)
+  g = jnp.asarray(rng.normal(size=x.shape), jnp.float32)
+  taps = jnp.asarray(rng.normal(size=(5, 5, 11)), jnp.float32)
+  correlate = jax.jit(lambda x: depthwise_cpu_kernel.correlate(x, taps, 2, 2))
+  gradient = jax.jit(
+      lambda x, g: depthwise_cpu_kernel.tap_gradient(x, g, 5, 2, 2))
+  np.testing.assert_array_equal(
+      correlate(x), jnp.concatenate([correlate(x[i:i + 1])
+                                     for i in range(batch)]))
+  np.testing.assert_allclose(
+      gradient(x, g), sum(gradient(x[i:i + 1], g[i:i + 1])
+                          for i in range(batch)), rtol=1e-5, atol=1e-5)
+
+
 def test_native_under_vmap():
   if not depthwise_cpu_kernel.available():
     pytest.skip("the C++ depthwise kernel was not built")
