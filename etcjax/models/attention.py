@@ -53,8 +53,7 @@ def dot_product_attention(query, key, value):
   Returns:
     `[N, H, Lq, K]` in query's dtype.
   """
-  weights = _attention_weights(query, key).astype(query.dtype)
-  return jnp.einsum("nhqv,nhvk->nhqk", weights, value)
+  return _dot_product_attention_fwd(query, key, value)[0]
 
 
 def _dot_product_attention_fwd(query, key, value):
