@@ -47,7 +47,7 @@ def _xla_ffi_include():
   """jaxlib's XLA FFI headers (pyproject.toml puts jaxlib in the build env).
 
   Found without importing jaxlib; None when jaxlib or its headers are
-  missing, and the depthwise kernel is then not built.
+  missing, and the CPU kernels are then not built.
   """
   spec = importlib.util.find_spec("jaxlib")
   for folder in (spec.submodule_search_locations or []) if spec else []:
@@ -55,7 +55,7 @@ def _xla_ffi_include():
     if os.path.isfile(os.path.join(include, "xla", "ffi", "api", "ffi.h")):
       return include
   print("etcjax: jaxlib's FFI headers not found; building without the "
-        "compiled depthwise kernel", file=sys.stderr)
+        "compiled CPU kernels", file=sys.stderr)
   return None
 
 
@@ -67,13 +67,16 @@ EXTENSIONS = [
                          extra_compile_args=["-O3"], optional=True),
 ]
 if _FFI_INCLUDE:
-  # XLA:CPU depthwise convolution (etcjax/models/depthwise_cpu_kernel.py),
-  # loaded with ctypes and called through the XLA FFI.
-  EXTENSIONS.append(setuptools.Extension(
-      "etcjax.models._depthwise_cpu", ["etcjax/models/_depthwise_cpu.cc"],
-      include_dirs=[_FFI_INCLUDE], language="c++",
-      extra_compile_args=["-O3", "-std=c++17", "-ffp-contract=fast",
-                          "-Wno-psabi"], optional=True))
+  # XLA:CPU kernels loaded with ctypes and called through the XLA FFI:
+  # the depthwise convolution (etcjax/models/depthwise_cpu_kernel.py) and
+  # multi-head self-attention (etcjax/models/attention_cpu_kernel.py).
+  for _name in ("_depthwise_cpu", "_attention_cpu"):
+    EXTENSIONS.append(setuptools.Extension(
+        f"etcjax.models.{_name}", [f"etcjax/models/{_name}.cc"],
+        depends=["etcjax/models/_cpu_kernel_support.h"],
+        include_dirs=[_FFI_INCLUDE], language="c++",
+        extra_compile_args=["-O3", "-std=c++17", "-ffp-contract=fast",
+                            "-Wno-psabi"], optional=True))
 
 setuptools.setup(
     name="etcjax",

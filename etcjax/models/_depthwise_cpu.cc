@@ -17,49 +17,22 @@
 // flipped taps, and the kernel gradient is `tap_gradient`.
 
 #include <algorithm>
-#include <atomic>
-#include <condition_variable>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
-#include <memory>
-#include <mutex>
 #include <string>
-#include <utility>
 #include <vector>
 
-#include "xla/ffi/api/ffi.h"
+#include "_cpu_kernel_support.h"
 
 namespace ffi = xla::ffi;
 
 namespace {
 
-// Eight floats; GCC and Clang lower it to one AVX register or two SSE/NEON
-// registers, so the same source serves every target.
-typedef float v8 __attribute__((vector_size(32)));
-
-// x86-64 machines get an AVX2+FMA clone (x86-64-v3), picked at load time
-// by CPU features, and the baseline for CPUs without them; other compilers
-// and architectures the compiler's default target. (GCC's "arch=haswell"
-// clone would be picked only on Intel Haswell-family CPUs.) An
-// x86-64-v4 (AVX-512) clone of these 8-float loops measured no faster on
-// an AVX-512 EPYC.
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && \
-    __GNUC__ >= 12
-#define ETCJAX_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
-#else
-#define ETCJAX_CLONES
-#endif
-
-#define ETCJAX_INLINE inline __attribute__((always_inline))
-
-ETCJAX_INLINE v8 load(const float* p) {
-  v8 v;
-  std::memcpy(&v, p, sizeof(v));
-  return v;
-}
-
-ETCJAX_INLINE void store(float* p, v8 v) { std::memcpy(p, &v, sizeof(v)); }
+using etcjax::for_each_chunk;
+using etcjax::load;
+using etcjax::store;
+using etcjax::v8;
 
 struct Shape {
   int64_t n, h, w, c, k, pad_top, pad_left;
@@ -223,45 +196,6 @@ ETCJAX_CLONES void tap_gradient(const float* x, const float* g,
       }
     }
   }
-}
-
-// Runs body(chunk, n0, n1) for `chunks` equal parts of the batch, on the
-// calling thread and XLA's intra-op thread pool. A training step's other ops
-// use both cores of a 2-core CPU; one thread here left one idle during each
-// depthwise layer's forward pass. Chunks are claimed from a counter, so the
-// calling thread never waits for a task the pool has not started (the pool
-// may be busy with other ops, or be the caller's own pool): it runs
-// unclaimed chunks itself and waits only for chunks other threads are
-// running. Tasks that start after every chunk is claimed touch only the
-// shared state and return.
-template <typename F>
-void for_each_chunk(ffi::ThreadPool& pool, int64_t n, int64_t chunks,
-                    const F& body) {
-  struct State {
-    std::atomic<int64_t> next{0}, done{0};
-    std::mutex mutex;
-    std::condition_variable all_done;
-  };
-  auto state = std::make_shared<State>();
-  const F* f = &body;
-  auto work = [state, f, chunks, n]() {
-    for (;;) {
-      const int64_t c = state->next.fetch_add(1);
-      if (c >= chunks) return;
-      (*f)(c, c * n / chunks, (c + 1) * n / chunks);
-      if (state->done.fetch_add(1) + 1 == chunks) {
-        std::lock_guard<std::mutex> lock(state->mutex);
-        state->all_done.notify_all();
-      }
-    }
-  };
-  for (int64_t t = 1; t < chunks; ++t) {
-    auto task = work;
-    pool.Schedule(std::move(task));
-  }
-  work();
-  std::unique_lock<std::mutex> lock(state->mutex);
-  state->all_done.wait(lock, [&] { return state->done.load() == chunks; });
 }
 
 int64_t chunk_count(ffi::ThreadPool& pool, const Shape& s) {

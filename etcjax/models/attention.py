@@ -21,6 +21,12 @@ The attention layer's forward and backward pass together (ViT-Ti/16's
 `[16, 197, 192]`, 3 heads) take 0.85x the time of the head-major einsums
 this replaced, measured alternately; PyTorch's `nn.MultiheadAttention`
 takes about the same.
+
+On the CPU backend in float32 the attention itself (between the two
+projections) is by default the compiled kernel of `attention_cpu_kernel.py`
+('native'), which reads the fused QKV projection in place and writes the
+output in the layout the output projection reads: no head-major copies, and
+products at about twice XLA's speed. `select_method` says when.
 """
 
 from __future__ import annotations
@@ -31,6 +37,40 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from etcjax.models import attention_cpu_kernel
+
+METHODS = ("auto", "xla", "native")
+
+
+def select_method(method: str, dtype, dropout: bool) -> str:
+  """The attention formulation `method` stands for.
+
+  Args:
+    method: 'auto', 'xla' (`dot_product_attention` on head-major copies;
+      any backend and dtype) or 'native' (the compiled CPU kernel).
+    dtype: compute dtype.
+    dropout: whether attention dropout is active (the kernel has none).
+
+  Returns:
+    'xla' or 'native'. 'auto' is 'native' on the CPU backend for float32
+    without attention dropout when the kernel was built, else 'xla'.
+
+  Raises:
+    ValueError: an unknown method, or 'native' with attention dropout.
+  """
+  if method not in METHODS:
+    raise ValueError(f"unknown attention method {method!r}; expected one of "
+                     f"{METHODS}")
+  if method == "native" and dropout:
+    raise ValueError("attention method 'native' has no attention dropout; "
+                     "use 'auto' or 'xla' with attention_dropout_rate > 0")
+  if method != "auto":
+    return method
+  native = (jax.default_backend() == "cpu" and not dropout
+            and attention_cpu_kernel.supports(dtype)
+            and attention_cpu_kernel.available())
+  return "native" if native else "xla"
 
 
 def _attention_weights(query, key):
@@ -123,11 +163,14 @@ class SelfAttention(nn.Module):
     num_heads: H; the width D must be a multiple of it.
     dropout_rate: dropout on the attention weights.
     dtype: compute dtype.
+    method: how attention is computed, see `select_method` ('auto',
+      'xla', 'native'); the parameters and the function are the same.
   """
 
   num_heads: int
   dropout_rate: float = 0.0
   dtype: Any = jnp.float32
+  method: str = "auto"
 
   @nn.compact
   def __call__(self, x, *, deterministic: bool):
@@ -148,15 +191,20 @@ class SelfAttention(nn.Module):
         [k.reshape(d, d) * s for (k, _), s in zip(maps, scales)], axis=1)
     bias = jnp.concatenate([b.reshape(d) * s for (_, b), s in zip(maps, scales)])
     qkv = x.reshape(n * length, d) @ kernel.astype(self.dtype)
-    qkv = (qkv + bias.astype(self.dtype)).reshape(n, length, 3, heads,
-                                                  head_dim)
-    query, key, value = qkv.transpose(2, 0, 3, 1, 4)
-    if deterministic or self.dropout_rate == 0:
-      out = dot_product_attention(query, key, value)
+    qkv = qkv + bias.astype(self.dtype)
+    dropout = not deterministic and self.dropout_rate > 0
+    if select_method(self.method, self.dtype, dropout) == "native":
+      out = attention_cpu_kernel.self_attention(
+          qkv.reshape(n, length, 3 * d), heads).reshape(n * length, d)
     else:
-      weights = nn.Dropout(self.dropout_rate)(
-          _attention_weights(query, key), deterministic=False)
-      out = jnp.einsum("nhqv,nhvk->nhqk", weights.astype(self.dtype), value)
-    out = out.transpose(0, 2, 1, 3).reshape(n * length, d)
+      query, key, value = qkv.reshape(n, length, 3, heads,
+                                      head_dim).transpose(2, 0, 3, 1, 4)
+      if dropout:
+        weights = nn.Dropout(self.dropout_rate)(
+            _attention_weights(query, key), deterministic=False)
+        out = jnp.einsum("nhqv,nhvk->nhqk", weights.astype(self.dtype), value)
+      else:
+        out = dot_product_attention(query, key, value)
+      out = out.transpose(0, 2, 1, 3).reshape(n * length, d)
     out = out @ out_kernel.reshape(d, d).astype(self.dtype)
     return (out + out_bias.astype(self.dtype)).reshape(n, length, d)

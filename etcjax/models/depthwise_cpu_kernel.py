@@ -36,49 +36,22 @@ Only float32 on the CPU backend; `depthwise_conv.select_method` checks
 
 from __future__ import annotations
 
-import ctypes
-import functools
-import importlib.machinery
-import os
-from typing import Optional
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from etcjax.models import cpu_kernel_library
+
 _LIBRARY = "_depthwise_cpu"
 _CORRELATE = "etcjax_depthwise_correlate"
 _TAP_GRADIENT = "etcjax_depthwise_tap_gradient"
-
-
-def _library_path() -> Optional[str]:
-  folder = os.path.dirname(os.path.abspath(__file__))
-  for suffix in importlib.machinery.EXTENSION_SUFFIXES:
-    path = os.path.join(folder, _LIBRARY + suffix)
-    if os.path.isfile(path):
-      return path
-  return None
-
-
-@functools.lru_cache(maxsize=None)
-def _register() -> bool:
-  """Loads the library and registers its FFI targets once; False if absent."""
-  path = _library_path()
-  if path is None:
-    return False
-  library = ctypes.cdll.LoadLibrary(path)
-  jax.ffi.register_ffi_target(
-      _CORRELATE, jax.ffi.pycapsule(library.EtcjaxDepthwiseCorrelate),
-      platform="cpu")
-  jax.ffi.register_ffi_target(
-      _TAP_GRADIENT, jax.ffi.pycapsule(library.EtcjaxDepthwiseTapGradient),
-      platform="cpu")
-  return True
+_TARGETS = ((_CORRELATE, "EtcjaxDepthwiseCorrelate"),
+            (_TAP_GRADIENT, "EtcjaxDepthwiseTapGradient"))
 
 
 def available() -> bool:
   """Whether the compiled kernels were built and load."""
-  return _register()
+  return cpu_kernel_library.register(_LIBRARY, _TARGETS)
 
 
 def supports(dtype) -> bool:

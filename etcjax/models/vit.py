@@ -115,6 +115,7 @@ class Encoder1DBlock(nn.Module):
     dropout_rate: dropout on the residual branches.
     attention_dropout_rate: dropout on the attention weights.
     dtype: compute dtype.
+    attention_method: see `attention.select_method`.
   """
 
   mlp_dim: int
@@ -122,6 +123,7 @@ class Encoder1DBlock(nn.Module):
   dropout_rate: float = 0.0
   attention_dropout_rate: float = 0.0
   dtype: Any = jnp.float32
+  attention_method: str = "auto"
 
   @nn.compact
   def __call__(self, x, *, deterministic: bool):
@@ -131,6 +133,7 @@ class Encoder1DBlock(nn.Module):
     y = LayerNorm(epsilon=1e-6, dtype=self.dtype, name="LayerNorm_0")(x)
     y = SelfAttention(
         self.num_heads, self.attention_dropout_rate, dtype=self.dtype,
+        method=self.attention_method,
         name="MultiHeadDotProductAttention_1")(y, deterministic=deterministic)
     y = nn.Dropout(self.dropout_rate)(y, deterministic=deterministic)
     x = x + y
@@ -149,6 +152,7 @@ class Encoder(nn.Module):
   dropout_rate: float = 0.0
   attention_dropout_rate: float = 0.0
   dtype: Any = jnp.float32
+  attention_method: str = "auto"
 
   @nn.compact
   def __call__(self, x, *, train: bool):
@@ -159,6 +163,7 @@ class Encoder(nn.Module):
       x = Encoder1DBlock(
           self.mlp_dim, self.num_heads, self.dropout_rate,
           self.attention_dropout_rate, dtype=self.dtype,
+          attention_method=self.attention_method,
           name=f"encoderblock_{i}")(x, deterministic=not train)
     return LayerNorm(epsilon=1e-6, dtype=self.dtype, name="encoder_norm")(x)
 
@@ -184,6 +189,8 @@ class VisionTransformer(nn.Module):
       the paper's EtC; see `per_position_embedding.py`.
     dtype: compute dtype (bfloat16 on TPU); parameters stay float32 and the
       logits are float32.
+    attention_method: how attention is computed ('auto', 'xla', 'native';
+      see `attention.select_method`); parameters and function are the same.
   """
 
   num_classes: int
@@ -198,6 +205,7 @@ class VisionTransformer(nn.Module):
   in_channels: int = 3
   per_position_embedding: bool = False
   dtype: Any = jnp.float32
+  attention_method: str = "auto"
 
   @nn.compact
   def __call__(self, images, *, train: bool = False):
@@ -223,7 +231,8 @@ class VisionTransformer(nn.Module):
     x = jnp.concatenate([jnp.tile(cls.astype(x.dtype), (n, 1, 1)), x], axis=1)
     x = Encoder(self.num_layers, self.mlp_dim, self.num_heads,
                 self.dropout_rate, self.attention_dropout_rate,
-                dtype=self.dtype, name="Transformer")(x, train=train)
+                dtype=self.dtype, attention_method=self.attention_method,
+                name="Transformer")(x, train=train)
     x = x[:, 0]
     if self.representation_size is not None:
       x = nn.tanh(nn.Dense(self.representation_size, dtype=self.dtype,

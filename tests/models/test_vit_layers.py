@@ -7,6 +7,7 @@ gradients.
 """
 
 import math
+import os
 
 import flax.linen as nn
 import jax
@@ -15,7 +16,9 @@ import numpy as np
 import pytest
 
 from etcjax import models
+from etcjax.models import attention_cpu_kernel
 from etcjax.models.attention import SelfAttention, dot_product_attention
+from etcjax.models.attention import select_method
 from etcjax.models.gelu import gelu, gelu_with_bias
 from etcjax.models.layer_norm import LayerNorm
 
@@ -43,13 +46,19 @@ def _perturbed(variables):
       variables)
 
 
-def test_head_major_attention_equals_flax_attention():
+_NATIVE = pytest.mark.skipif(not attention_cpu_kernel.available(),
+                             reason="compiled attention kernel not built")
+METHODS = ["xla", pytest.param("native", marks=_NATIVE)]
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_attention_equals_flax_attention(method):
   x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 7, 12)),
                   jnp.float32)
   reference = nn.MultiHeadDotProductAttention(
       num_heads=3, kernel_init=nn.initializers.xavier_uniform(),
       broadcast_dropout=False, deterministic=True)
-  ours = SelfAttention(3)
+  ours = SelfAttention(3, method=method)
   variables = reference.init(jax.random.PRNGKey(0), x, x)
   # The same tree, shapes and initial values: checkpoints and seeds carry over.
   mine = ours.init(jax.random.PRNGKey(0), x, deterministic=True)
@@ -62,7 +71,106 @@ def test_head_major_attention_equals_flax_attention():
       lambda v, x: ours.apply(v, x, deterministic=True), variables, x)
   _assert_trees_close(got, want, rtol=1e-5, atol=1e-5)
   with pytest.raises(ValueError, match="width 12 is not a multiple of 5"):
-    SelfAttention(5).init(jax.random.PRNGKey(0), x, deterministic=True)
+    SelfAttention(5, method=method).init(jax.random.PRNGKey(0), x,
+                                         deterministic=True)
+
+
+def _xla_self_attention(qkv, heads):
+  """The 'xla' method between the projections: split, attend, merge."""
+  n, length, width = qkv.shape
+  q, k, v = qkv.reshape(n, length, 3, heads, width // (3 * heads)).transpose(
+      2, 0, 3, 1, 4)
+  out = dot_product_attention(q, k, v)
+  return out.transpose(0, 2, 1, 3).reshape(n, length, width // 3)
+
+
+@_NATIVE
+@pytest.mark.parametrize("n,length,heads,head_dim", [
+    (2, 197, 3, 64),  # ViT/16 at 224: heads read and written in place
+    (1, 1, 1, 16),    # one token
+    (3, 13, 2, 32),   # row tiles of 6 with a remainder, 16 padding columns
+    (2, 17, 4, 8),    # head width below a tile: padded copies
+    (1, 40, 1, 20),   # head width between tiles
+])
+def test_native_attention_equals_xla_on_kernel_code_paths(n, length, heads,
+                                                          head_dim):
+  rng = np.random.default_rng(0)
+  # Logits of unit scale, as with the query's 1/sqrt(K) folded in (sharper
+  # ones amplify both sides' float32 rounding alike).
+  qkv = jnp.asarray(rng.normal(size=(n, length, 3 * heads * head_dim))
+                    * head_dim ** -0.25, jnp.float32)
+  cotangent = jnp.asarray(rng.normal(size=(n, length, heads * head_dim)),
+                          jnp.float32)
+  value_and_grad = lambda f: jax.value_and_grad(
+      lambda qkv: jnp.sum(f(qkv, heads) * cotangent))(qkv)
+  got = value_and_grad(jax.jit(attention_cpu_kernel.self_attention,
+                               static_argnums=1))
+  want = value_and_grad(_xla_self_attention)
+  _assert_trees_close(got, want, rtol=2e-5, atol=2e-5)
+  out = attention_cpu_kernel.self_attention(qkv, heads)
+  np.testing.assert_allclose(out, _xla_self_attention(qkv, heads), rtol=1e-5,
+                             atol=1e-6)
+
+
+@_NATIVE
+def test_native_attention_under_vmap_and_large_logits():
+  # vmap runs the kernel once per slice; logits of a few hundred (an
+  # untrained or diverging model) must not overflow the softmax.
+  rng = np.random.default_rng(1)
+  qkv = jnp.asarray(rng.normal(size=(3, 2, 9, 24)) * 12, jnp.float32)
+  got = jax.vmap(lambda x: attention_cpu_kernel.self_attention(x, 2))(qkv)
+  want = jax.vmap(lambda x: _xla_self_attention(x, 2))(qkv)
+  assert bool(jnp.all(jnp.isfinite(got)))
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_attention_method_selection():
+  native = attention_cpu_kernel.available() and jax.default_backend() == "cpu"
+  assert select_method("auto", jnp.float32, dropout=False) == (
+      "native" if native else "xla")
+  assert select_method("auto", jnp.bfloat16, dropout=False) == "xla"
+  assert select_method("auto", jnp.float32, dropout=True) == "xla"
+  assert select_method("xla", jnp.float32, dropout=False) == "xla"
+  with pytest.raises(ValueError, match="'native' has no attention dropout"):
+    select_method("native", jnp.float32, dropout=True)
+  with pytest.raises(ValueError, match="unknown attention method 'flash'"):
+    select_method("flash", jnp.float32, dropout=False)
+
+
+@_NATIVE
+def test_native_attention_rejects_what_it_cannot_compute():
+  qkv = jnp.zeros((2, 5, 24))
+  with pytest.raises(ValueError, match="computes in float32, got qkv of "
+                     "dtype bfloat16"):
+    attention_cpu_kernel.self_attention(qkv.astype(jnp.bfloat16), 2)
+  with pytest.raises(ValueError, match=r"qkv must be \[N, L, 3 \* num_heads "
+                     r"\* K\] with num_heads=5, got shape \(2, 5, 24\)"):
+    attention_cpu_kernel.self_attention(qkv, 5)
+
+
+def test_compiled_attention_kernel_is_built_in_ci():
+  # As the depthwise kernel: CI has a compiler, so a failed build fails here
+  # instead of silently running the slower XLA formulation.
+  if not os.environ.get("CI"):
+    pytest.skip("checked in CI only (set CI=1); elsewhere it is optional")
+  assert attention_cpu_kernel.available()
+
+
+@_NATIVE
+def test_vit_attention_methods_give_the_same_model():
+  module, variables = models.create(
+      "ViT-Ti_16", 10, 32, hidden_size=48, num_layers=2, num_heads=3,
+      mlp_dim=96)
+  images = jnp.asarray(np.random.default_rng(0).uniform(-1, 1, (2, 32, 32, 3)),
+                       jnp.float32)
+  variables = _perturbed(variables)
+
+  def logits_and_grads(method):
+    m = module.clone(attention_method=method)
+    return _value_and_grads(lambda v, x: m.apply(v, x), variables, images)
+
+  _assert_trees_close(logits_and_grads("native"), logits_and_grads("xla"),
+                      rtol=1e-4, atol=1e-5)
 
 
 def test_gelu_with_lean_backward_equals_exact_gelu():
