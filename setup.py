@@ -68,9 +68,10 @@ EXTENSIONS = [
 ]
 if _FFI_INCLUDE:
   # XLA:CPU kernels loaded with ctypes and called through the XLA FFI:
-  # the depthwise convolution (etcjax/models/depthwise_cpu_kernel.py) and
-  # multi-head self-attention (etcjax/models/attention_cpu_kernel.py).
-  for _name in ("_depthwise_cpu", "_attention_cpu"):
+  # the depthwise convolution (etcjax/models/depthwise_cpu_kernel.py),
+  # multi-head self-attention (attention_cpu_kernel.py) and LayerNorm
+  # (layer_norm_cpu_kernel.py).
+  for _name in ("_depthwise_cpu", "_attention_cpu", "_layer_norm_cpu"):
     EXTENSIONS.append(setuptools.Extension(
         f"etcjax.models.{_name}", [f"etcjax/models/{_name}.cc"],
         depends=["etcjax/models/_cpu_kernel_support.h"],

@@ -26,6 +26,8 @@ median ratio and its spread (min-max over rounds).
     python benchmarks/models_speed.py --only convmixer_p2 --method shifted
     python benchmarks/models_speed.py --only convmixer_p4 --method toeplitz \
         --baseline_method shifted   # two depthwise methods, no PyTorch
+    python benchmarks/models_speed.py --only vit_ti16_train \
+        --baseline_attention_method xla   # attention 'auto' against 'xla'
 
 PyTorch is a benchmark-only dependency: `pip install torch==2.13.0` (CPU).
 """
@@ -115,6 +117,7 @@ def _jax_worker(case):
   else:
     module, variables = models.create(f"ViT-{case['size']}_16",
                                       10 if case.get("train") else 1000, size)
+    module = module.clone(attention_method=case.get("method", "auto"))
     train = case.get("train", False)
   if train:
     tx = optax.adamw(1e-3)
@@ -264,8 +267,9 @@ def compare(case_name: str, case: dict, rounds: int,
             round_seconds: float, baseline_method=None) -> dict:
   """Alternates the two frameworks; returns throughputs, memory and ratios.
 
-  With `baseline_method`, the baseline ("torch" columns) is our own
-  ConvMixer with that depthwise method instead of PyTorch.
+  With `baseline_method`, the baseline ("torch" columns) is our own model
+  with that method (depthwise for ConvMixer, attention for ViT) instead of
+  PyTorch.
   """
   ours = Worker("jax", case_name)
   if baseline_method:
@@ -314,6 +318,11 @@ def main(argv=None):
   parser.add_argument("--baseline_method",
                       help="compare our ConvMixer with --method against "
                       "ours with this depthwise method instead of PyTorch")
+  parser.add_argument("--attention_method", default="auto",
+                      help="attention_method of our ViT")
+  parser.add_argument("--baseline_attention_method",
+                      help="compare our ViT with --attention_method against "
+                      "ours with this attention method instead of PyTorch")
   parser.add_argument("--json", help="also write the results to this file")
   args = parser.parse_args(argv)
   if args.worker:
@@ -326,10 +335,11 @@ def main(argv=None):
   results = []
   for name in args.only or CASES:
     case = dict(CASES[name])
-    if case["kind"] == "convmixer":
-      case["method"] = args.method
-    print(f"{name} (method {case.get('method', '-')}):", flush=True)
-    baseline = args.baseline_method if case["kind"] == "convmixer" else None
+    convmixer = case["kind"] == "convmixer"
+    case["method"] = args.method if convmixer else args.attention_method
+    print(f"{name} (method {case['method']}):", flush=True)
+    baseline = (args.baseline_method if convmixer
+                else args.baseline_attention_method)
     r = compare(json.dumps(case), case, args.rounds, args.round_seconds,
                 baseline)
     r["name"] = name

@@ -1,9 +1,9 @@
 """Loading the compiled XLA:CPU kernels of etcjax.models (C++ extensions).
 
-`setup.py` builds `_depthwise_cpu` and `_attention_cpu` next to this file
-against jaxlib's FFI headers. They are optional: without a C++ compiler the
-install succeeds, `register` returns False and the models use XLA
-formulations of the same functions.
+`setup.py` builds `_depthwise_cpu`, `_attention_cpu` and `_layer_norm_cpu`
+next to this file against jaxlib's FFI headers. They are optional: without a
+C++ compiler the install succeeds, `register` returns False and the models
+use XLA formulations of the same functions.
 """
 
 from __future__ import annotations

@@ -20,7 +20,9 @@ from etcjax.models import attention_cpu_kernel
 from etcjax.models.attention import SelfAttention, dot_product_attention
 from etcjax.models.attention import select_method
 from etcjax.models.gelu import gelu, gelu_with_bias
-from etcjax.models.layer_norm import LayerNorm
+from etcjax.models import layer_norm as layer_norm_module
+from etcjax.models import layer_norm_cpu_kernel
+from etcjax.models.layer_norm import LayerNorm, layer_norm
 
 
 def _value_and_grads(apply, variables, x, seed=1):
@@ -148,12 +150,44 @@ def test_native_attention_rejects_what_it_cannot_compute():
     attention_cpu_kernel.self_attention(qkv, 5)
 
 
-def test_compiled_attention_kernel_is_built_in_ci():
+def test_compiled_vit_kernels_are_built_in_ci():
   # As the depthwise kernel: CI has a compiler, so a failed build fails here
-  # instead of silently running the slower XLA formulation.
+  # instead of silently running the slower XLA formulations.
   if not os.environ.get("CI"):
     pytest.skip("checked in CI only (set CI=1); elsewhere it is optional")
   assert attention_cpu_kernel.available()
+  assert layer_norm_cpu_kernel.available()
+
+
+@pytest.mark.skipif(not layer_norm_cpu_kernel.available(),
+                    reason="compiled LayerNorm kernel not built")
+@pytest.mark.parametrize("shape", [
+    (300, 192),     # rows split over the thread pool, D a multiple of 8
+    (2, 70, 37),    # D with a remainder; 140 rows
+    (5, 1),         # one feature: x - mean = 0
+])
+def test_layer_norm_kernel_equals_xla_formulation(shape, monkeypatch):
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.normal(size=shape) * 3 + 1, jnp.float32)
+  scale = jnp.asarray(rng.normal(size=shape[-1]), jnp.float32)
+  bias = jnp.asarray(rng.normal(size=shape[-1]), jnp.float32)
+  cotangent = jnp.asarray(rng.normal(size=shape), jnp.float32)
+  value_and_grads = lambda: jax.value_and_grad(
+      lambda x, s, b: jnp.sum(layer_norm(x, s, b, 1e-6) * cotangent),
+      argnums=(0, 1, 2))(x, scale, bias)
+  assert layer_norm_cpu_kernel.applies(x)
+  got = value_and_grads()
+  monkeypatch.setattr(layer_norm_cpu_kernel, "applies", lambda x: False)
+  want = value_and_grads()
+  _assert_trees_close(got, want, rtol=2e-5, atol=2e-5)
+  # Against float64, in jitted code as in a training step.
+  monkeypatch.undo()
+  y = jax.jit(lambda x: layer_norm(x, scale, bias, 1e-6))(x)
+  x64 = np.asarray(x, np.float64)
+  centered = x64 - x64.mean(-1, keepdims=True)
+  want = centered / np.sqrt((centered ** 2).mean(-1, keepdims=True) + 1e-6)
+  np.testing.assert_allclose(y, want * np.asarray(scale) + np.asarray(bias),
+                             rtol=1e-5, atol=1e-5)
 
 
 @_NATIVE
