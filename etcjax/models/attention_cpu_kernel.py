@@ -52,19 +52,8 @@ def supports(dtype) -> bool:
 
 
 def _check(qkv, num_heads: int):
-  if not available():
-    raise RuntimeError(
-        "attention method 'native' needs the compiled CPU kernel "
-        f"({_LIBRARY}*.so next to {__file__}), which was not built: install "
-        "with a C++ compiler (pip install -e .) or use method 'xla' / 'auto'")
-  if jax.default_backend() != "cpu":
-    raise ValueError(
-        "attention method 'native' runs on the CPU backend only, the default "
-        f"backend is {jax.default_backend()!r}; use 'auto' or 'xla'")
-  if not supports(qkv.dtype):
-    raise ValueError(
-        f"attention method 'native' computes in float32, got qkv of dtype "
-        f"{qkv.dtype}; use 'auto' (which picks the XLA formulation for it)")
+  cpu_kernel_library.require(_LIBRARY, _TARGETS, "attention method 'native'",
+                             qkv, "qkv", "method 'xla' / 'auto'")
   if qkv.ndim != 3 or qkv.shape[-1] % (3 * num_heads):
     raise ValueError(
         f"qkv must be [N, L, 3 * num_heads * K] with num_heads={num_heads}, "

@@ -15,6 +15,7 @@ import os
 from typing import Optional
 
 import jax
+import jax.numpy as jnp
 
 
 def library_path(name: str) -> Optional[str]:
@@ -47,3 +48,35 @@ def register(name: str, targets: tuple[tuple[str, str], ...]) -> bool:
     jax.ffi.register_ffi_target(
         target, jax.ffi.pycapsule(getattr(library, symbol)), platform="cpu")
   return True
+
+
+def require(name: str, targets: tuple[tuple[str, str], ...], method: str,
+            array, what: str, alternatives: str) -> None:
+  """Checks that a 'native' method can run on `array`; raises if not.
+
+  Args:
+    name: the extension's module name.
+    targets: its FFI targets, as for `register`.
+    method: the user-facing method, e.g. "depthwise method 'native'".
+    array: the kernel's input.
+    what: the input's name in messages.
+    alternatives: methods that run everywhere, for the messages.
+
+  Raises:
+    RuntimeError: the extension was not built.
+    ValueError: the default backend is not the CPU, or the input is not
+      float32.
+  """
+  if not register(name, targets):
+    raise RuntimeError(
+        f"{method} needs the compiled CPU kernel ({name}*.so next to "
+        f"{__file__}), which was not built: install with a C++ compiler "
+        f"(pip install -e .) or use {alternatives}")
+  if jax.default_backend() != "cpu":
+    raise ValueError(
+        f"{method} runs on the CPU backend only, the default backend is "
+        f"{jax.default_backend()!r}; use {alternatives}")
+  if array.dtype != jnp.float32:
+    raise ValueError(
+        f"{method} computes in float32, got {what} of dtype {array.dtype}; "
+        "use 'auto' (which picks an XLA formulation for it)")

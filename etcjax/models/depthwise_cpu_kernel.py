@@ -60,20 +60,9 @@ def supports(dtype) -> bool:
 
 
 def _require(x, what: str):
-  if not available():
-    raise RuntimeError(
-        "depthwise method 'native' needs the compiled CPU kernel "
-        f"({_LIBRARY}*.so next to {__file__}), which was not built: install "
-        "with a C++ compiler (pip install -e .) or use method 'shifted' / "
-        "'toeplitz' / 'auto'")
-  if jax.default_backend() != "cpu":
-    raise ValueError(
-        "depthwise method 'native' runs on the CPU backend only, the default "
-        f"backend is {jax.default_backend()!r}; use 'auto' or 'grouped'")
-  if not supports(x.dtype):
-    raise ValueError(
-        f"depthwise method 'native' computes in float32, got {what} of dtype "
-        f"{x.dtype}; use 'auto' (which picks an XLA formulation for it)")
+  cpu_kernel_library.require(
+      _LIBRARY, _TARGETS, "depthwise method 'native'", x, what,
+      "method 'shifted' / 'toeplitz' / 'auto'")
 
 
 def correlate(x, taps, pad_top: int, pad_left: int):
