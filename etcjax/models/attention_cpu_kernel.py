@@ -11,8 +11,11 @@ token-major layout of the fused QKV projection (`[N, L, 3D]` in,
 
 Measured on this project's 2-vCPU AMD EPYC (AVX2), ViT-Ti/16's attention at
 batch 16 (`[16, 197, 576]` in, 3 heads), forward and backward together:
-18.7 ms against 32.8 ms for the XLA formulation in `attention.py` (head
-split, `dot_product_attention` and merge), alternated in one process.
+21.6 ms against 39.9 ms for the XLA formulation in `attention.py` (head
+split, `dot_product_attention` and merge); on one CPU (taskset) 35.6 against
+45.4 ms, since XLA's batched products gain nothing from the second thread.
+In a whole ViT-Ti/16 training step it is 1.055x faster (1.01-1.12,
+alternated in one process), and 1.07x with the compiled LayerNorm.
 README.md ("CPU speed") has whole training steps against PyTorch.
 
 Float32 on the CPU backend only, no attention dropout; `attention.py`'s

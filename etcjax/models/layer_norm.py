@@ -10,8 +10,8 @@ form `dx = rstd * (g - mean(g) - xhat * mean(g * xhat))` with
 `g = dy * scale`: 77 ms for the same step (with the attention and GELU
 of this commit; profiled per fusion). For float32 on the CPU backend both
 passes are compiled loops over rows (`layer_norm_cpu_kernel.py`) when the
-extension was built: XLA:CPU still ran the formulation below as about 14
-separate passes per LayerNorm.
+extension was built: XLA:CPU still ran the formulation below as about ten
+separate passes per LayerNorm (forward and backward).
 """
 
 from __future__ import annotations

@@ -5,7 +5,9 @@ the tokens; `_layer_norm_cpu.cc` normalises (or differentiates) each row
 while it is in L1, with the batch of rows split over XLA's intra-op thread
 pool. `layer_norm.layer_norm` uses it for float32 on the CPU backend when
 the extension was built (`available()`), and its XLA formulation otherwise,
-with the same results up to float rounding.
+with the same results up to float rounding. Measured on this project's
+2-vCPU AVX2 EPYC, alternated in one process: a ViT-Ti/16 training step
+(batch 16, compiled attention in both) 1.015x faster with it.
 """
 
 from __future__ import annotations
