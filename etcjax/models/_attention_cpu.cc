@@ -7,10 +7,11 @@
 // core that does ~110 in a large matmul, writes the head-major copies of
 // query, key and value and of the output, and runs the two backward
 // products whose left operand is transposed outside its fast library. Here
-// each (image, head) is one work item whose operands stay in L1/L2: the
-// query, key and value are read from the fused QKV projection in place,
-// the products are register-tiled loops, the softmax runs on the rows
-// while they are in cache, and the output and gradients are written in the
+// each (image, head) is one work item whose operands stay in L1/L2: left
+// operands are read in place (from the fused QKV projection, the kept
+// weights, dout), right operands are packed into 16-column panels, the
+// products are register-tiled loops, the softmax runs on the rows while
+// they are in cache, and the output and gradients are written in the
 // token-major layouts the projections read.
 //
 // Layouts (float32, row-major):
