@@ -36,6 +36,7 @@ namespace ffi = xla::ffi;
 
 namespace {
 
+using etcjax::dot;
 using etcjax::for_each_chunk;
 using etcjax::load;
 using etcjax::store;
@@ -245,17 +246,6 @@ struct Output {
   const Shape& s;
   float* pad;
 };
-
-// sum_k x[k] * y[k] over K floats.
-ETCJAX_INLINE float dot(const float* x, const float* y, int64_t k) {
-  v8 sums = v8{};
-  int64_t c = 0;
-  for (; c + 8 <= k; c += 8) sums += load(x + c) * load(y + c);
-  float total = 0.0f;
-  for (; c < k; ++c) total += x[c] * y[c];
-  for (int e = 0; e < 8; ++e) total += sums[e];
-  return total;
-}
 
 // Work items [t0, t1) of the forward pass, item t = n * heads + h.
 ETCJAX_CLONES void forward(const float* qkv, const Shape& s, int64_t t0,

@@ -46,6 +46,17 @@ ETCJAX_INLINE v8 load(const float* p) {
 
 ETCJAX_INLINE void store(float* p, v8 v) { std::memcpy(p, &v, sizeof(v)); }
 
+// sum_i x[i] * y[i] over n floats: eight partial sums, then the tail.
+ETCJAX_INLINE float dot(const float* x, const float* y, int64_t n) {
+  v8 sums = v8{};
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) sums += load(x + i) * load(y + i);
+  float total = 0.0f;
+  for (; i < n; ++i) total += x[i] * y[i];
+  for (int e = 0; e < 8; ++e) total += sums[e];
+  return total;
+}
+
 // Runs body(chunk, i0, i1) for `chunks` equal parts of [0, n), on the
 // calling thread and XLA's intra-op thread pool. A training step's other ops
 // use both cores of a 2-core CPU; one thread here left one idle during the

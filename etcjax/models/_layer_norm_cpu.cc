@@ -18,6 +18,7 @@
 #include <cmath>
 #include <cstdint>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "_cpu_kernel_support.h"
@@ -26,10 +27,10 @@ namespace ffi = xla::ffi;
 
 namespace {
 
+using etcjax::dot;
 using etcjax::for_each_chunk;
 
-// Plain loops over a row: GCC vectorises them in each clone; D is a
-// multiple of 8 in every ViT, and any D works.
+// Eight partial sums, then the tail, as `dot`: any D works.
 ETCJAX_INLINE float row_sum(const float* x, int64_t d) {
   float sums[8] = {};
   int64_t c = 0;
@@ -52,15 +53,8 @@ ETCJAX_CLONES void forward(const float* x, const float* scale,
     const float* xr = x + r * d;
     const float m = row_sum(xr, d) / d;
     for (int64_t c = 0; c < d; ++c) centered[c] = xr[c] - m;
-    float squares[8] = {};
-    int64_t c = 0;
-    for (; c + 8 <= d; c += 8) {
-      for (int e = 0; e < 8; ++e) squares[e] += centered[c + e] * centered[c + e];
-    }
-    float var = 0.0f;
-    for (; c < d; ++c) var += centered[c] * centered[c];
-    for (int e = 0; e < 8; ++e) var += squares[e];
-    const float s = 1.0f / std::sqrt(var / d + epsilon);
+    const float var = dot(centered.data(), centered.data(), d) / d;
+    const float s = 1.0f / std::sqrt(var + epsilon);
     float* yr = y + r * d;
     for (int64_t c = 0; c < d; ++c) yr[c] = centered[c] * s * scale[c] + bias[c];
     mean[r] = m;
@@ -88,15 +82,7 @@ ETCJAX_CLONES void backward(const float* x, const float* scale,
       dbias[c] += dyr[c];
     }
     const float mean_g = row_sum(g.data(), d) / d;
-    float products[8] = {};
-    int64_t c = 0;
-    for (; c + 8 <= d; c += 8) {
-      for (int e = 0; e < 8; ++e) products[e] += g[c + e] * xhat[c + e];
-    }
-    float mean_gx = 0.0f;
-    for (; c < d; ++c) mean_gx += g[c] * xhat[c];
-    for (int e = 0; e < 8; ++e) mean_gx += products[e];
-    mean_gx /= d;
+    const float mean_gx = dot(g.data(), xhat.data(), d) / d;
     float* dxr = dx + r * d;
     for (int64_t c = 0; c < d; ++c) {
       dxr[c] = s * (g[c] - mean_g - xhat[c] * mean_gx);
@@ -111,14 +97,14 @@ int64_t chunk_count(ffi::ThreadPool& pool, int64_t rows) {
       1, std::min<int64_t>(rows / 64, pool.num_threads()));
 }
 
-ffi::Error check_params(int64_t d, ffi::Span<const int64_t> scale,
-                        ffi::Span<const int64_t> bias) {
-  if (d < 1 || scale[0] != d || bias[0] != d) {
+// x is [R, D]; `vector` (scale or bias) must be [D].
+ffi::Error check_vector(int64_t d, ffi::Span<const int64_t> vector,
+                        const char* name) {
+  if (d < 1 || vector[0] != d) {
     return ffi::Error::InvalidArgument(
-        "etcjax layer_norm kernel: x must be [R, D >= 1] and scale, bias "
-        "[D]; got D=" + std::to_string(d) + ", scale [" +
-        std::to_string(scale[0]) + "], bias [" + std::to_string(bias[0]) +
-        "]");
+        std::string("etcjax layer_norm kernel: x must be [R, D >= 1] and ") +
+        name + " [D]; got D=" + std::to_string(d) + ", " + name + " [" +
+        std::to_string(vector[0]) + "]");
   }
   return ffi::Error::Success();
 }
@@ -130,8 +116,11 @@ ffi::Error ForwardImpl(ffi::ThreadPool pool, ffi::BufferR2<ffi::F32> x,
                        ffi::ResultBufferR1<ffi::F32> mean,
                        ffi::ResultBufferR1<ffi::F32> rstd, float epsilon) {
   const int64_t rows = x.dimensions()[0], d = x.dimensions()[1];
-  ffi::Error error = check_params(d, scale.dimensions(), bias.dimensions());
-  if (error.failure()) return error;
+  for (auto [vector, name] : {std::pair{scale.dimensions(), "scale"},
+                               std::pair{bias.dimensions(), "bias"}}) {
+    ffi::Error error = check_vector(d, vector, name);
+    if (error.failure()) return error;
+  }
   for_each_chunk(pool, rows, chunk_count(pool, rows),
                  [&](int64_t, int64_t r0, int64_t r1) {
                    forward(x.typed_data(), scale.typed_data(),
@@ -151,7 +140,7 @@ ffi::Error BackwardImpl(ffi::ThreadPool pool, ffi::BufferR2<ffi::F32> x,
                         ffi::ResultBufferR1<ffi::F32> dscale,
                         ffi::ResultBufferR1<ffi::F32> dbias) {
   const int64_t rows = x.dimensions()[0], d = x.dimensions()[1];
-  ffi::Error error = check_params(d, scale.dimensions(), scale.dimensions());  // no bias here
+  ffi::Error error = check_vector(d, scale.dimensions(), "scale");
   if (error.failure()) return error;
   if (dy.dimensions()[0] != rows || dy.dimensions()[1] != d ||
       mean.dimensions()[0] != rows || rstd.dimensions()[0] != rows) {
