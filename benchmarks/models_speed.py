@@ -29,6 +29,11 @@ median ratio and its spread (min-max over rounds).
     python benchmarks/models_speed.py --only vit_ti16_train \
         --baseline_attention_method xla   # attention 'auto' against 'xla'
 
+The etcjax worker runs in the environment `python -m etcjax.main` gives
+itself: glibc's transparent-huge-page tunable where it helps (see
+etcjax/host_memory.py); PyTorch as users run it. `--huge_pages both` gives
+PyTorch the same tunable, `--huge_pages none` neither.
+
 PyTorch is a benchmark-only dependency: `pip install torch==2.13.0` (CPU).
 """
 
@@ -43,6 +48,11 @@ import statistics
 import subprocess
 import sys
 import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+# Only the standard library: the orchestrator imports no framework.
+from etcjax import host_memory  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 # name -> (kind, settings). ConvMixers train (dim, depth, kernel k, patch P).
 CASES = {
@@ -100,7 +110,6 @@ def _jax_worker(case):
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   import optax  # pylint: disable=g-import-not-at-top
-  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
   from etcjax import models  # pylint: disable=g-import-not-at-top
 
   size = IMAGE_SIZE[case["kind"]]
@@ -242,11 +251,12 @@ def worker(framework: str, case_name: str) -> None:
 class Worker:
   """A worker process driven over pipes."""
 
-  def __init__(self, framework: str, case: str):
+  def __init__(self, framework: str, case: str, huge_pages: bool):
+    env = host_memory.environment(os.environ) if huge_pages else None
     self.process = subprocess.Popen(
         [sys.executable, os.path.abspath(__file__), "--worker", framework,
          "--case", case], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-        text=True)
+        text=True, env=env or dict(os.environ))
     line = self.process.stdout.readline().split()
     if not line or line[0] != "READY":
       raise RuntimeError(f"{framework} worker for {case} failed to start")
@@ -264,18 +274,21 @@ class Worker:
 
 
 def compare(case_name: str, case: dict, rounds: int,
-            round_seconds: float, baseline_method=None) -> dict:
+            round_seconds: float, baseline_method=None,
+            huge_pages: str = "etcjax") -> dict:
   """Alternates the two frameworks; returns throughputs, memory and ratios.
 
   With `baseline_method`, the baseline ("torch" columns) is our own model
   with that method (depthwise for ConvMixer, attention for ViT) instead of
-  PyTorch.
+  PyTorch. `huge_pages`: which workers get the huge-page tunable, 'etcjax'
+  (ours, and our baseline), 'both' or 'none'.
   """
-  ours = Worker("jax", case_name)
+  ours = Worker("jax", case_name, huge_pages != "none")
   if baseline_method:
-    theirs = Worker("jax", json.dumps(dict(case, method=baseline_method)))
+    theirs = Worker("jax", json.dumps(dict(case, method=baseline_method)),
+                    huge_pages != "none")
   else:
-    theirs = Worker("torch", case_name)
+    theirs = Worker("torch", case_name, huge_pages == "both")
   # Each framework gets its own step count so that both rounds last at
   # least round_seconds; speeds are compared in images/s.
   counts = {name: max(1, math.ceil(round_seconds / w.step_seconds))
@@ -323,6 +336,12 @@ def main(argv=None):
   parser.add_argument("--baseline_attention_method",
                       help="compare our ViT with --attention_method against "
                       "ours with this attention method instead of PyTorch")
+  parser.add_argument("--huge_pages", choices=["etcjax", "both", "none"],
+                      default="etcjax",
+                      help="workers started with glibc's transparent-huge-"
+                      "page tunable where it helps (etcjax/host_memory.py): "
+                      "ours, as `python -m etcjax.main` runs (default), "
+                      "PyTorch's too, or none")
   parser.add_argument("--json", help="also write the results to this file")
   args = parser.parse_args(argv)
   if args.worker:
@@ -332,6 +351,11 @@ def main(argv=None):
     import torch  # pylint: disable=g-import-not-at-top,unused-import
   except ImportError:
     sys.exit("PyTorch is needed for the comparison: pip install torch==2.13.0")
+  tunable = host_memory.environment(os.environ) is not None
+  print(f"huge-page tunable: {args.huge_pages if tunable else 'not used'} "
+        f"(glibc {host_memory.glibc_version()}, THP mode "
+        f"{host_memory.thp_mode()}, GLIBC_TUNABLES "
+        f"{os.environ.get('GLIBC_TUNABLES', '')!r})", flush=True)
   results = []
   for name in args.only or CASES:
     case = dict(CASES[name])
@@ -341,7 +365,7 @@ def main(argv=None):
     baseline = (args.baseline_method if convmixer
                 else args.baseline_attention_method)
     r = compare(json.dumps(case), case, args.rounds, args.round_seconds,
-                baseline)
+                baseline, args.huge_pages)
     r["name"] = name
     results.append(r)
   print(f"{'case':15s} {'method':>8s} {'ours img/s':>10s} {'torch img/s':>11s}"

@@ -35,6 +35,12 @@ documents every flag of a task.
 
 from __future__ import annotations
 
+if __name__ == "__main__":
+  # First, before imports start threads and take seconds: glibc reads its
+  # tunables at process start (see etcjax/host_memory.py).
+  from etcjax import host_memory  # pylint: disable=g-import-not-at-top
+  host_memory.restart_with_huge_pages()
+
 import argparse
 import dataclasses
 import sys

@@ -15,6 +15,12 @@ command runs on one CPU, one TPU host, or every worker of a TPU pod slice
 workdir resumes from the latest checkpoint.
 """
 
+if __name__ == "__main__":
+  # First, before imports start threads and take seconds: glibc reads its
+  # tunables at process start (see etcjax/host_memory.py).
+  from etcjax import host_memory  # pylint: disable=g-import-not-at-top
+  host_memory.restart_with_huge_pages()
+
 import logging as std_logging
 import os
 import re
@@ -27,6 +33,7 @@ import jax
 from ml_collections import config_flags
 
 from etcjax import command_line
+from etcjax import host_memory
 from etcjax.training import default_config
 from etcjax.training import train
 
@@ -223,10 +230,10 @@ def main(argv):
     jax.distributed.initialize(
         coordinator_address=_COORDINATOR.value,
         num_processes=_NUM_PROCESSES.value, process_id=_PROCESS_ID.value)
-  logging.info("JAX process %d/%d, %d local / %d global devices (%s)",
+  logging.info("JAX process %d/%d, %d local / %d global devices (%s); %s",
                jax.process_index(), jax.process_count(),
                jax.local_device_count(), jax.device_count(),
-               jax.default_backend())
+               jax.default_backend(), host_memory.describe())
   status = command_line.run(_train, [])
   if status:
     sys.exit(status)

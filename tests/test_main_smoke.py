@@ -22,6 +22,7 @@ import numpy as np
 from PIL import Image
 
 from etcjax import encrypt as encrypt_cli
+from etcjax import host_memory
 from etcjax import predict as predict_cli
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -90,6 +91,10 @@ def test_encrypt_train_kill_resume_export_predict(tfds_data_dir, tmp_path):
     manifest = json.load(f)
   assert results["key_fingerprint"] == manifest["key_fingerprint"]
   assert "loss" in out.stderr and "images/s" in out.stderr and "ETA" in out.stderr
+  # It restarted itself with glibc's huge-page tunable where that helps.
+  if host_memory.environment(os.environ) is not None:
+    assert "malloc huge pages: GLIBC_TUNABLES=glibc.malloc.hugetlb=1" in \
+        out.stderr, out.stderr[-3000:]
 
   # Predict: plain test images + key == the encrypted files of the dataset.
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
