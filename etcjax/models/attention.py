@@ -67,9 +67,7 @@ def select_method(method: str, dtype, dropout: bool) -> str:
                      "use 'auto' or 'xla' with attention_dropout_rate > 0")
   if method != "auto":
     return method
-  native = (jax.default_backend() == "cpu" and not dropout
-            and attention_cpu_kernel.supports(dtype)
-            and attention_cpu_kernel.available())
+  native = not dropout and attention_cpu_kernel.usable(dtype)
   return "native" if native else "xla"
 
 

@@ -19,8 +19,7 @@ alternated in one process), and 1.07x with the compiled LayerNorm.
 README.md ("CPU speed") has whole training steps against PyTorch.
 
 Float32 on the CPU backend only, no attention dropout; `attention.py`'s
-'auto' method checks `available()` and `supports(dtype)` before choosing
-it. Without the extension (no C++ compiler at install) 'auto' uses the XLA
+'auto' method checks `usable(dtype)` before choosing it. Without the extension (no C++ compiler at install) 'auto' uses the XLA
 formulation, with the same results up to float rounding.
 """
 
@@ -49,9 +48,10 @@ def available() -> bool:
   return cpu_kernel_library.register(_LIBRARY, _TARGETS)
 
 
-def supports(dtype) -> bool:
-  """Whether the kernel runs for this compute dtype (float32 only)."""
-  return jnp.dtype(dtype) == jnp.float32
+def usable(dtype) -> bool:
+  """Whether the kernel runs here for this compute dtype: float32 on the
+  CPU backend, built."""
+  return cpu_kernel_library.usable(_LIBRARY, _TARGETS, dtype)
 
 
 def _check(qkv, num_heads: int):
@@ -63,7 +63,7 @@ def _check(qkv, num_heads: int):
         f"got shape {qkv.shape}")
 
 
-def _forward(qkv, num_heads: int):
+def _forward_call(qkv, num_heads: int):
   n, length, width = qkv.shape
   padded = -(-length // _WEIGHTS_ROW_MULTIPLE) * _WEIGHTS_ROW_MULTIPLE
   return jax.ffi.ffi_call(
@@ -71,6 +71,31 @@ def _forward(qkv, num_heads: int):
       (jax.ShapeDtypeStruct((n, length, width // 3), qkv.dtype),
        jax.ShapeDtypeStruct((n, num_heads, length, padded), qkv.dtype)),
       vmap_method="sequential")(qkv, heads=np.int64(num_heads))
+
+
+def _backward_call(qkv, weights, out, dout, num_heads: int):
+  return jax.ffi.ffi_call(
+      _BACKWARD, jax.ShapeDtypeStruct(qkv.shape, qkv.dtype),
+      vmap_method="sequential")(qkv, weights, out, dout,
+                                heads=np.int64(num_heads))
+
+
+# Per image and head: split over the batch under SPMD (cpu_kernel_library).
+_B = cpu_kernel_library.BATCH
+
+
+@functools.lru_cache(maxsize=None)
+def _forward(num_heads: int):
+  return cpu_kernel_library.split_over_batch(
+      functools.partial(_forward_call, num_heads=num_heads), (_B,), (_B, _B),
+      "n l c -> n l d, n h l p")
+
+
+@functools.lru_cache(maxsize=None)
+def _backward(num_heads: int):
+  return cpu_kernel_library.split_over_batch(
+      functools.partial(_backward_call, num_heads=num_heads), (_B,) * 4,
+      (_B,), "n l c, n h l p, n l d, n l d -> n l c")
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
@@ -92,22 +117,18 @@ def self_attention(qkv, num_heads: int):
     projection).
   """
   _check(qkv, num_heads)
-  return _forward(qkv, num_heads)[0]
+  return _forward(num_heads)(qkv)[0]
 
 
 def _self_attention_fwd(qkv, num_heads):
   _check(qkv, num_heads)
-  out, weights = _forward(qkv, num_heads)
+  out, weights = _forward(num_heads)(qkv)
   return out, (qkv, weights, out)
 
 
 def _self_attention_bwd(num_heads, residuals, dout):
   qkv, weights, out = residuals
-  dqkv = jax.ffi.ffi_call(
-      _BACKWARD, jax.ShapeDtypeStruct(qkv.shape, qkv.dtype),
-      vmap_method="sequential")(qkv, weights, out, dout.astype(qkv.dtype),
-                                heads=np.int64(num_heads))
-  return (dqkv,)
+  return (_backward(num_heads)(qkv, weights, out, dout.astype(qkv.dtype)),)
 
 
 self_attention.defvjp(_self_attention_fwd, _self_attention_bwd)

@@ -36,6 +36,8 @@ Only float32 on the CPU backend; `depthwise_conv.select_method` checks
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -82,11 +84,7 @@ def correlate(x, taps, pad_top: int, pad_left: int):
   k = taps.shape[0]
   if taps.shape != (k, k, x.shape[-1]):
     raise ValueError(f"taps must be [k, k, C={x.shape[-1]}], got {taps.shape}")
-  return jax.ffi.ffi_call(
-      _CORRELATE, jax.ShapeDtypeStruct(x.shape, x.dtype),
-      vmap_method="sequential")(
-          x, taps.astype(x.dtype), pad_top=np.int64(pad_top),
-          pad_left=np.int64(pad_left))
+  return _correlate(pad_top, pad_left)(x, taps.astype(x.dtype))
 
 
 def tap_gradient(x, g, k: int, pad_top: int, pad_left: int):
@@ -106,8 +104,39 @@ def tap_gradient(x, g, k: int, pad_top: int, pad_left: int):
   _require(x, "x")
   if g.shape != x.shape:
     raise ValueError(f"g must have x's shape {x.shape}, got {g.shape}")
+  return _tap_gradient(k, pad_top, pad_left)(x, g.astype(x.dtype))
+
+
+def _correlate_call(x, taps, pad_top: int, pad_left: int):
+  return jax.ffi.ffi_call(
+      _CORRELATE, jax.ShapeDtypeStruct(x.shape, x.dtype),
+      vmap_method="sequential")(
+          x, taps, pad_top=np.int64(pad_top), pad_left=np.int64(pad_left))
+
+
+def _tap_gradient_call(x, g, k: int, pad_top: int, pad_left: int):
   return jax.ffi.ffi_call(
       _TAP_GRADIENT, jax.ShapeDtypeStruct((k, k, x.shape[-1]), x.dtype),
       vmap_method="sequential")(
-          x, g.astype(x.dtype), pad_top=np.int64(pad_top),
-          pad_left=np.int64(pad_left))
+          x, g, pad_top=np.int64(pad_top), pad_left=np.int64(pad_left))
+
+
+# Images are independent: split over the batch under SPMD
+# (cpu_kernel_library); the tap gradient is a sum over images.
+_B, _W, _SUM = (cpu_kernel_library.BATCH, cpu_kernel_library.WHOLE,
+                cpu_kernel_library.SUM)
+
+
+@functools.lru_cache(maxsize=None)
+def _correlate(pad_top: int, pad_left: int):
+  return cpu_kernel_library.split_over_batch(
+      functools.partial(_correlate_call, pad_top=pad_top, pad_left=pad_left),
+      (_B, _W), (_B,), "n h w c, i j c -> n h w c")
+
+
+@functools.lru_cache(maxsize=None)
+def _tap_gradient(k: int, pad_top: int, pad_left: int):
+  return cpu_kernel_library.split_over_batch(
+      functools.partial(_tap_gradient_call, k=k, pad_top=pad_top,
+                        pad_left=pad_left),
+      (_B, _B), (_SUM,), "n h w c, n h w c -> i j c")

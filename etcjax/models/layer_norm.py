@@ -55,7 +55,7 @@ def _statistics(x, epsilon):
 
 
 def _layer_norm_fwd(x, scale, bias, epsilon):
-  if layer_norm_cpu_kernel.applies(x):
+  if layer_norm_cpu_kernel.usable(x.dtype):
     rows = x.reshape(-1, x.shape[-1])
     y, mean, rstd = layer_norm_cpu_kernel.forward(rows, scale, bias, epsilon)
     return y.reshape(x.shape), (x, mean, rstd, scale)
@@ -67,7 +67,7 @@ def _layer_norm_fwd(x, scale, bias, epsilon):
 def _layer_norm_bwd(epsilon, residuals, dy):
   del epsilon
   x, mean, rstd, scale = residuals
-  if layer_norm_cpu_kernel.applies(x):
+  if layer_norm_cpu_kernel.usable(x.dtype):
     dx, dscale, dbias = layer_norm_cpu_kernel.backward(
         x.reshape(-1, x.shape[-1]), scale, mean, rstd,
         dy.reshape(-1, x.shape[-1]).astype(x.dtype))
