@@ -124,10 +124,18 @@ def _jax_worker(case):
         depthwise_method=case.get("method", "auto"))
     train = True
   else:
-    module, variables = models.create(f"ViT-{case['size']}_16",
-                                      10 if case.get("train") else 1000, size)
-    module = module.clone(attention_method=case.get("method", "auto"))
     train = case.get("train", False)
+    module, variables = models.create(f"ViT-{case['size']}_16",
+                                      10 if train else 1000, size,
+                                      init=train)
+    module = module.clone(attention_method=case.get("method", "auto"))
+    if not train:
+      # As `predict` serves an export: shapes from `jax.eval_shape`, then
+      # the stored weights (random ones here), not a compiled initialisation.
+      variables = jax.tree.map(
+          lambda s: jnp.asarray(
+              0.02 * rng.standard_normal(s.shape, dtype=np.float32), s.dtype),
+          variables)
   if train:
     tx = optax.adamw(1e-3)
     state = (variables["params"], variables.get("batch_stats", {}),

@@ -109,8 +109,11 @@ def restart_with_huge_pages() -> None:
   also the case in the restarted process).
   """
   env = environment(os.environ)
-  if env is None:
+  if env is None or not sys.executable:
     return
   sys.stdout.flush()
   sys.stderr.flush()
-  os.execve(sys.executable, list(sys.orig_argv), env)
+  try:
+    os.execve(sys.executable, list(sys.orig_argv), env)
+  except OSError:
+    pass  # Runs on without; the main job's log says huge pages are off.
