@@ -19,8 +19,10 @@ alternated in one process), and 1.07x with the compiled LayerNorm.
 README.md ("CPU speed") has whole training steps against PyTorch.
 
 Float32 on the CPU backend only, no attention dropout; `attention.py`'s
-'auto' method checks `usable(dtype)` before choosing it. Without the extension (no C++ compiler at install) 'auto' uses the XLA
-formulation, with the same results up to float rounding.
+'auto' method checks `usable(dtype)` before choosing it. Without the
+extension (no C++ compiler at install) 'auto' uses the XLA formulation,
+with the same results up to float rounding. Under SPMD each device runs
+the kernel on its part of the batch (`cpu_kernel_library.split_over_batch`).
 """
 
 from __future__ import annotations
