@@ -58,6 +58,20 @@ def thp_mode(path: str = _THP_MODE_FILE) -> Optional[str]:
   return match.group(1) if match else None
 
 
+def _why_not(env: Mapping[str, str], glibc: Optional[tuple[int, int]],
+             mode: Optional[str]) -> Optional[str]:
+  """Why the tunable is not to be added to `env`, or None if it is."""
+  if "glibc.malloc.hugetlb" in env.get("GLIBC_TUNABLES", ""):
+    return "GLIBC_TUNABLES already sets glibc.malloc.hugetlb"
+  if env.get(OPT_OUT, "1") == "0":
+    return f"{OPT_OUT}=0"
+  if glibc is None or glibc < (2, 35):
+    return f"C library {glibc or 'not glibc'}"
+  if mode != "madvise":
+    return f"kernel THP mode {mode}"
+  return None
+
+
 def environment(env: Mapping[str, str],
                 glibc: Optional[tuple[int, int]] = None,
                 mode: Optional[str] = None) -> Optional[dict[str, str]]:
@@ -77,10 +91,9 @@ def environment(env: Mapping[str, str],
   """
   glibc = glibc_version() if glibc is None else glibc
   mode = thp_mode() if mode is None else mode
-  tunables = env.get("GLIBC_TUNABLES", "")
-  if (env.get(OPT_OUT, "1") == "0" or "glibc.malloc.hugetlb" in tunables
-      or glibc is None or glibc < (2, 35) or mode != "madvise"):
+  if _why_not(env, glibc, mode) is not None:
     return None
+  tunables = env.get("GLIBC_TUNABLES", "")
   return dict(env, GLIBC_TUNABLES=":".join(filter(None, (tunables, TUNABLE))))
 
 
@@ -89,14 +102,9 @@ def describe(env: Mapping[str, str] = os.environ) -> str:
   tunables = env.get("GLIBC_TUNABLES", "")
   if "glibc.malloc.hugetlb" in tunables:
     return f"malloc huge pages: GLIBC_TUNABLES={tunables}"
-  if env.get(OPT_OUT, "1") == "0":
-    return f"malloc huge pages: off ({OPT_OUT}=0)"
-  glibc, mode = glibc_version(), thp_mode()
-  if glibc is None or glibc < (2, 35):
-    return f"malloc huge pages: off (C library {glibc or 'not glibc'})"
-  if mode != "madvise":
-    return f"malloc huge pages: off (kernel THP mode {mode})"
-  return "malloc huge pages: off (not restarted with the tunable)"
+  reason = _why_not(env, glibc_version(), thp_mode())
+  return ("malloc huge pages: off "
+          f"({reason or 'not restarted with the tunable'})")
 
 
 def restart_with_huge_pages() -> None:

@@ -71,15 +71,14 @@ def _forward_call(qkv, num_heads: int):
   return jax.ffi.ffi_call(
       _FORWARD,
       (jax.ShapeDtypeStruct((n, length, width // 3), qkv.dtype),
-       jax.ShapeDtypeStruct((n, num_heads, length, padded), qkv.dtype)),
-      vmap_method="sequential")(qkv, heads=np.int64(num_heads))
+       jax.ShapeDtypeStruct((n, num_heads, length, padded), qkv.dtype)))(
+          qkv, heads=np.int64(num_heads))
 
 
 def _backward_call(qkv, weights, out, dout, num_heads: int):
   return jax.ffi.ffi_call(
-      _BACKWARD, jax.ShapeDtypeStruct(qkv.shape, qkv.dtype),
-      vmap_method="sequential")(qkv, weights, out, dout,
-                                heads=np.int64(num_heads))
+      _BACKWARD, jax.ShapeDtypeStruct(qkv.shape, qkv.dtype))(
+          qkv, weights, out, dout, heads=np.int64(num_heads))
 
 
 # Per image and head: split over the batch under SPMD (cpu_kernel_library).

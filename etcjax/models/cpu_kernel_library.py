@@ -163,7 +163,8 @@ def split_over_batch(kernel: Callable[..., Any], operands: Sequence[str],
   split.def_partition(partition=partition, sharding_rule=sharding_rule)
 
   # custom_partitioning has no batching rule; under vmap the kernel runs
-  # once per vmapped element, as ffi_call's vmap_method='sequential' does.
+  # once per vmapped element (so the kernels' ffi_calls are never vmapped
+  # and declare no vmap_method).
   @custom_batching.custom_vmap
   def call(*args):
     return split(*args)

@@ -109,15 +109,13 @@ def tap_gradient(x, g, k: int, pad_top: int, pad_left: int):
 
 def _correlate_call(x, taps, pad_top: int, pad_left: int):
   return jax.ffi.ffi_call(
-      _CORRELATE, jax.ShapeDtypeStruct(x.shape, x.dtype),
-      vmap_method="sequential")(
+      _CORRELATE, jax.ShapeDtypeStruct(x.shape, x.dtype))(
           x, taps, pad_top=np.int64(pad_top), pad_left=np.int64(pad_left))
 
 
 def _tap_gradient_call(x, g, k: int, pad_top: int, pad_left: int):
   return jax.ffi.ffi_call(
-      _TAP_GRADIENT, jax.ShapeDtypeStruct((k, k, x.shape[-1]), x.dtype),
-      vmap_method="sequential")(
+      _TAP_GRADIENT, jax.ShapeDtypeStruct((k, k, x.shape[-1]), x.dtype))(
           x, g, pad_top=np.int64(pad_top), pad_left=np.int64(pad_left))
 
 

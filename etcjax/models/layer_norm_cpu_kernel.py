@@ -77,8 +77,9 @@ def _forward_call(x, scale, bias, epsilon: float):
   return jax.ffi.ffi_call(
       _FORWARD,
       (jax.ShapeDtypeStruct((rows, width), f32),
-       jax.ShapeDtypeStruct((rows,), f32), jax.ShapeDtypeStruct((rows,), f32)),
-      vmap_method="sequential")(x, scale, bias, epsilon=np.float32(epsilon))
+       jax.ShapeDtypeStruct((rows,), f32),
+       jax.ShapeDtypeStruct((rows,), f32)))(
+          x, scale, bias, epsilon=np.float32(epsilon))
 
 
 def _backward_call(x, scale, mean, rstd, dy):
@@ -87,8 +88,8 @@ def _backward_call(x, scale, mean, rstd, dy):
   return jax.ffi.ffi_call(
       _BACKWARD,
       (jax.ShapeDtypeStruct((rows, width), f32),
-       jax.ShapeDtypeStruct((width,), f32), jax.ShapeDtypeStruct((width,), f32)),
-      vmap_method="sequential")(x, scale, mean, rstd, dy)
+       jax.ShapeDtypeStruct((width,), f32),
+       jax.ShapeDtypeStruct((width,), f32)))(x, scale, mean, rstd, dy)
 
 
 # Rows are independent: split over them under SPMD (cpu_kernel_library);
