@@ -23,10 +23,12 @@ measures
 - peak device memory (`device.memory_stats()['peak_bytes_in_use']`, where
   the backend reports it; the CPU does not) and XLA's memory analysis of
   the compiled step (arguments + outputs + temporaries);
-- parity: the losses of the first `--parity_steps` steps on the device
-  against the same steps (same initial parameters, batches and randomness)
-  in float32 on the CPU, within a relative tolerance of 1e-4 for float32
-  compute and 5e-2 for bfloat16.
+- parity: the losses and gradient norms of the first `--parity_steps` steps
+  on the device against the same steps (same initial parameters, batches
+  and randomness) in float32 on the CPU, within a relative tolerance of
+  1e-4 for float32 compute and 5e-2 for bfloat16. The gradient norms are
+  what tests the model's body: ViT's head starts at zero (as vit_jax's), so
+  its first losses are ln(classes) whatever the body computes.
 
 It prints one table and writes the numbers to `--out` (JSON). With `--tiny`
 (the default on a CPU) the models are shrunk (width 16-32, one or two
@@ -102,7 +104,7 @@ def peak_flops(device_kind: str):
   return None
 
 
-def case_config(name: str, tiny: bool, data_dir):
+def case_config(name: str, tiny: bool, data_dir, batch_size=None):
   """The case's training config (its real config file, shrunk if tiny)."""
   filename, tiny_overrides = CASES[name]
   config = default_config.load_sibling(
@@ -112,7 +114,8 @@ def case_config(name: str, tiny: bool, data_dir):
       config.data_dir = os.path.join(data_dir, "imagenette_224")
     else:
       config.data_dir = os.path.join(data_dir, "tensorflow_datasets")
-  config.batch_size = TINY_BATCH if tiny else DEFAULT_BATCH[name]
+  config.batch_size = batch_size or (TINY_BATCH if tiny else
+                                     DEFAULT_BATCH[name])
   if tiny:
     config.image_size = TINY_IMAGE
     config.model_kwargs.update(tiny_overrides)
@@ -160,12 +163,19 @@ def _batches(config, num_classes, count):
                                  dtype=np.int32)} for _ in range(count)]
 
 
-def _losses(state, step, batches, plan, mesh):
-  out = []
+def _trajectory(state, step, batches, plan, mesh):
+  """Losses and gradient norms of consecutive steps from `state`."""
+  losses, grad_norms = [], []
   for batch in batches:
     state, metrics = step(state, sharding.global_batch(batch, mesh), plan=plan)
-    out.append(float(metrics["loss"]))
-  return out
+    losses.append(float(metrics["loss"]))
+    grad_norms.append(float(metrics["grad_norm"]))
+  return losses, grad_norms
+
+
+def _max_rel_diff(values, references):
+  return max(abs(a - b) / max(abs(b), 1e-12)
+             for a, b in zip(values, references))
 
 
 def _pipeline_images_per_s(config, batches: int):
@@ -183,7 +193,7 @@ def _pipeline_images_per_s(config, batches: int):
 
 def run_case(name: str, args) -> dict:
   """Measures one case; returns its report row."""
-  config = case_config(name, args.tiny, args.data_dir)
+  config = case_config(name, args.tiny, args.data_dir, args.batch_size)
   compute_dtype = steps.resolve_compute_dtype(
       args.compute_dtype or config.compute_dtype)
   info_classes = 10
@@ -261,16 +271,18 @@ def run_case(name: str, args) -> dict:
                               mesh, device_plan)
   if pconfig.batch_size == config.batch_size:
     pstep = compiled  # the timed step itself, no second compilation
-  device_losses = _losses(pstate, pstep, parity_batches, device_plan, mesh)
+  device_losses, device_norms = _trajectory(pstate, pstep, parity_batches,
+                                            device_plan, mesh)
   cpu = jax.devices("cpu")[:1]
   cpu_mesh = sharding.make_mesh(cpu)
   with jax.default_device(cpu[0]):
     cplan = sharding.replicate(plan, cpu_mesh)
     cstate, cstep = _step_setup(pconfig, module, info_classes, "float32",
                                 cpu_mesh, cplan)
-    cpu_losses = _losses(cstate, cstep, parity_batches, cplan, cpu_mesh)
-  rel = max(abs(a - b) / max(abs(b), 1e-12)
-            for a, b in zip(device_losses, cpu_losses))
+    cpu_losses, cpu_norms = _trajectory(cstate, cstep, parity_batches, cplan,
+                                        cpu_mesh)
+  rel = max(_max_rel_diff(device_losses, cpu_losses),
+            _max_rel_diff(device_norms, cpu_norms))
   rtol = PARITY_RTOL[compute_dtype]
 
   peak = peak_flops(device.device_kind)
@@ -301,6 +313,8 @@ def run_case(name: str, args) -> dict:
                           "backend reports no memory_stats",
       "xla_memory_bytes": xla_bytes,
       "parity_device_losses": device_losses, "parity_cpu_losses": cpu_losses,
+      "parity_device_grad_norms": device_norms,
+      "parity_cpu_grad_norms": cpu_norms,
       "parity_batch_size": pconfig.batch_size,
       "parity_max_rel_diff": rel, "parity_rtol": rtol,
       "parity_ok": bool(rel <= rtol),
@@ -343,7 +357,8 @@ def print_table(rows, device) -> None:
     print(f"  {note}")
   print("  encrypt = jitted encryption.apply of the batch alone / step time "
         "(gather ms vs blocks ms in the JSON); GFLOP from XLA cost analysis; "
-        "parity = max relative difference of the first losses to a float32 "
+        "parity = max relative difference of the first losses and gradient "
+        "norms to a float32 "
         f"CPU run (tolerance {PARITY_RTOL['float32']:g} float32, "
         f"{PARITY_RTOL['bfloat16']:g} bfloat16)")
 
@@ -362,6 +377,9 @@ def main(argv=None) -> int:
                       help="folder with tensorflow_datasets/ and "
                       "imagenette_224/ (default $ETCJAX_DATA_DIR; else the "
                       "configs' defaults)")
+  parser.add_argument("--batch_size", type=int, default=None,
+                      help="global batch of the timed step (default "
+                      f"{TINY_BATCH} tiny, else per case: {DEFAULT_BATCH})")
   parser.add_argument("--min_seconds", type=float, default=None,
                       help="timing per step measurement (default 10, tiny 1)")
   parser.add_argument("--pipeline_batches", type=int, default=None)

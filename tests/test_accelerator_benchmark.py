@@ -34,12 +34,16 @@ def _check_row(row):
   assert row["etc_used"] == "gather" and row["etc_blocks_ms"] > 0
   assert row["pipeline_images_per_s"] > 0  # the real CIFAR/Imagenette data
   assert len(row["parity_device_losses"]) == 2
+  assert len(row["parity_device_grad_norms"]) == 2
   # bfloat16 against float32: close, and really a different computation.
   assert row["parity_ok"] and row["parity_max_rel_diff"] <= 5e-2
   # ViT's head starts at zero (vit_jax), so its first losses are ln(10) up to
-  # float32 rounding in any compute dtype; ConvMixer's are not.
+  # float32 rounding in any compute dtype; ConvMixer's are not. The gradient
+  # norms go through the body in both.
   if not row["case"].startswith("vit"):
     assert row["parity_device_losses"] != row["parity_cpu_losses"]
+  assert row["parity_device_grad_norms"] != row["parity_cpu_grad_norms"]
+  assert min(row["parity_cpu_grad_norms"]) > 0
 
 
 def test_convmixer_cifar10_report(tmp_path, data_dir):
@@ -58,6 +62,22 @@ def test_all_cases_report(tmp_path, data_dir):
   assert [r["case"] for r in report["cases"]] == list(accelerator.CASES)
   for row in report["cases"]:
     _check_row(row)
+
+
+@pytest.mark.slow
+def test_full_size_bfloat16_parity(tmp_path, data_dir):
+  # The README's CPU check of the paper's models in bfloat16 (numerics, not
+  # speed), on the CIFAR-10 ConvMixer: patch 1 makes every bias gradient a
+  # sum over 8 * 32 * 32 positions.
+  _, report = _run(tmp_path, data_dir, "--full", "--batch_size=8", "--cases",
+                   "convmixer_256_8_cifar10")
+  (row,) = report["cases"]
+  assert not row["tiny"] and row["batch_size"] == 8
+  assert row["model"] == "ConvMixer-256/8" and not row["model_kwargs"]
+  assert row["image_size"] == 32
+  assert row["parity_ok"], (row["parity_device_grad_norms"],
+                            row["parity_cpu_grad_norms"])
+  assert row["parity_device_grad_norms"] != row["parity_cpu_grad_norms"]
 
 
 def test_peak_table():

@@ -30,6 +30,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from etcjax.models.bias import Dense, add_bias
 from etcjax.models.patch_embedding import check_images
 from etcjax.models.patch_embedding import depth_to_space
 from etcjax.models.patch_embedding import space_to_depth
@@ -80,7 +81,7 @@ class PerPositionDense(nn.Module):
                       jnp.float32)
     y = jnp.einsum("nhwd,hwdf->nhwf", x.astype(self.dtype),
                    kernel.astype(self.dtype))
-    return y + bias.astype(self.dtype)
+    return add_bias(y, bias.astype(self.dtype))
 
 
 class BlockwiseAdaptation(nn.Module):
@@ -115,7 +116,7 @@ class BlockwiseAdaptation(nn.Module):
     check_images(images, patch_size=self.block_size, channels=3,
                  model="BlockwiseAdaptation")
     m = self.block_size
-    dense = PerPositionDense if self.per_position else nn.Dense
+    dense = PerPositionDense if self.per_position else Dense
     # Per-position statistics for ELE: its sub-networks share nothing.
     norm_axes = (-3, -2, -1) if self.per_position else -1
     norm = functools.partial(

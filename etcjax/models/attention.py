@@ -39,6 +39,7 @@ import jax
 import jax.numpy as jnp
 
 from etcjax.models import attention_cpu_kernel
+from etcjax.models.bias import add_bias
 
 METHODS = ("auto", "xla", "native")
 
@@ -189,7 +190,7 @@ class SelfAttention(nn.Module):
         [k.reshape(d, d) * s for (k, _), s in zip(maps, scales)], axis=1)
     bias = jnp.concatenate([b.reshape(d) * s for (_, b), s in zip(maps, scales)])
     qkv = x.reshape(n * length, d) @ kernel.astype(self.dtype)
-    qkv = qkv + bias.astype(self.dtype)
+    qkv = add_bias(qkv, bias.astype(self.dtype))
     dropout = not deterministic and self.dropout_rate > 0
     if select_method(self.method, self.dtype, dropout) == "native":
       out = attention_cpu_kernel.self_attention(
@@ -205,4 +206,4 @@ class SelfAttention(nn.Module):
         out = dot_product_attention(query, key, value)
       out = out.transpose(0, 2, 1, 3).reshape(n * length, d)
     out = out @ out_kernel.reshape(d, d).astype(self.dtype)
-    return (out + out_bias.astype(self.dtype)).reshape(n, length, d)
+    return add_bias(out, out_bias.astype(self.dtype)).reshape(n, length, d)

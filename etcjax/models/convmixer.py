@@ -25,6 +25,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from etcjax.models.bias import Dense
 from etcjax.models.depthwise_conv import DepthwiseConv
 from etcjax.models.gelu import gelu, gelu_factors
 from etcjax.models.patch_embedding import PatchEmbedding, check_images
@@ -182,7 +183,7 @@ class MixerLayer(nn.Module):
     x = x + norm(name="depthwise_norm")(y)
     # A 1x1 conv is a Dense over channels; XLA:CPU runs the gradient of the
     # conv form ~10x slower.
-    x = nn.Dense(x.shape[-1], dtype=self.dtype, name="pointwise")(x)
+    x = Dense(x.shape[-1], dtype=self.dtype, name="pointwise")(x)
     return norm(name="pointwise_norm")(x)
 
 
@@ -240,5 +241,5 @@ class ConvMixer(nn.Module):
       x = MixerLayer(self.kernel_size, self.depthwise_method, train,
                 dtype=self.dtype, name=f"layer_{i}")(x)
     x = jnp.mean(x, axis=(1, 2))
-    x = nn.Dense(self.num_classes, dtype=self.dtype, name="head")(x)
+    x = Dense(self.num_classes, dtype=self.dtype, name="head")(x)
     return x.astype(jnp.float32)

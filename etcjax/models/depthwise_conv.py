@@ -42,6 +42,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from etcjax.models import depthwise_cpu_kernel
+from etcjax.models.bias import add_bias
 
 METHODS = ("auto", "grouped", "toeplitz", "shifted", "native")
 
@@ -351,4 +352,4 @@ class DepthwiseConv(nn.Module):
     bias = self.param("bias", nn.initializers.zeros, (c,), jnp.float32)
     y = depthwise_conv2d(x.astype(self.dtype), kernel.astype(self.dtype),
                          method=self.method)
-    return y + bias.astype(self.dtype)
+    return add_bias(y, bias.astype(self.dtype))

@@ -7,6 +7,8 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from etcjax.models.bias import add_bias
+
 
 def check_images(images, *, patch_size: int, channels: int, model: str) -> None:
   """Raises a ValueError naming what is wrong with a batch of input images.
@@ -113,4 +115,4 @@ class PatchEmbedding(nn.Module):
                       jnp.float32)
     x = space_to_depth(images.astype(self.dtype), p)
     x = x @ kernel.reshape(p * p * c, self.features).astype(self.dtype)
-    return x + bias.astype(self.dtype)
+    return add_bias(x, bias.astype(self.dtype))

@@ -18,6 +18,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from etcjax.models import patch_embedding
+from etcjax.models.bias import add_bias
 
 
 class PerPositionPatchEmbedding(nn.Module):
@@ -76,4 +77,5 @@ class PerPositionPatchEmbedding(nn.Module):
     x = jnp.einsum("nlk,lkd->nld", x,
                    kernel.reshape(gh * gw, p * p * c, self.features).astype(
                        self.dtype))
-    return (x + bias.astype(self.dtype)).reshape(n, gh, gw, self.features)
+    return add_bias(x, bias.astype(self.dtype)).reshape(n, gh, gw,
+                                                        self.features)

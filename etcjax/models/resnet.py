@@ -15,6 +15,7 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+from etcjax.models.bias import Dense
 from etcjax.models.patch_embedding import check_images
 
 BN_MOMENTUM = 0.9  # PyTorch's 0.1
@@ -95,5 +96,5 @@ class ResNet(nn.Module):
                        train, dtype=self.dtype,
                        name=f"stage{s + 1}_block{b + 1}")(x)
     x = jnp.mean(x, axis=(1, 2))
-    x = nn.Dense(self.num_classes, dtype=self.dtype, name="head")(x)
+    x = Dense(self.num_classes, dtype=self.dtype, name="head")(x)
     return x.astype(jnp.float32)

@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 
 from etcjax.models.attention import DenseGeneralParams, SelfAttention
+from etcjax.models.bias import Dense
 from etcjax.models.gelu import gelu_with_bias
 from etcjax.models.layer_norm import LayerNorm
 from etcjax.models.patch_embedding import PatchEmbedding, check_images
@@ -101,8 +102,8 @@ class MlpBlock(nn.Module):
                                       bias_init=bias_init, name="Dense_0")()
     x = gelu_with_bias(x @ kernel.astype(self.dtype), bias)
     x = nn.Dropout(self.dropout_rate)(x, deterministic=deterministic)
-    x = nn.Dense(out_dim, kernel_init=nn.initializers.xavier_uniform(),
-                 bias_init=bias_init, dtype=self.dtype, name="Dense_1")(x)
+    x = Dense(out_dim, kernel_init=nn.initializers.xavier_uniform(),
+              bias_init=bias_init, dtype=self.dtype, name="Dense_1")(x)
     return nn.Dropout(self.dropout_rate)(x, deterministic=deterministic)
 
 
@@ -235,8 +236,8 @@ class VisionTransformer(nn.Module):
                 name="Transformer")(x, train=train)
     x = x[:, 0]
     if self.representation_size is not None:
-      x = nn.tanh(nn.Dense(self.representation_size, dtype=self.dtype,
-                           name="pre_logits")(x))
-    x = nn.Dense(self.num_classes, kernel_init=nn.initializers.zeros,
-                 dtype=self.dtype, name="head")(x)
+      x = nn.tanh(Dense(self.representation_size, dtype=self.dtype,
+                        name="pre_logits")(x))
+    x = Dense(self.num_classes, kernel_init=nn.initializers.zeros,
+              dtype=self.dtype, name="head")(x)
     return x.astype(jnp.float32)

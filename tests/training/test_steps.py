@@ -169,3 +169,57 @@ def test_bfloat16_compute_reaches_the_model_layers(monkeypatch):
 def test_state_rejects_unknown_collections():
   with pytest.raises(ValueError, match="collections \\['cache'\\]"):
     steps.TrainState.create({"params": {}, "cache": {}}, None)
+
+
+def _gradients(module, variables, compute_dtype, batch):
+  """The step's gradients: an SGD step at learning rate 1 subtracts them."""
+  config = default_config.get_default_config()
+  config.optim.update(name="sgd", schedule="constant", learning_rate=1.0,
+                      weight_decay=0.0)
+  tx = optimizers.make_optimizer(config, 10)
+  state = steps.TrainState.create(variables, tx)
+  options = steps.StepOptions(num_classes=10, compute_dtype=compute_dtype)
+  step = jax.jit(functools.partial(
+      steps.train_step, model=module, tx=tx,
+      schedule=optimizers.make_schedule(config, 10), options=options))
+  new_state, _ = step(state, batch, jax.random.key(0), None)
+  return jax.tree.map(lambda a, b: np.asarray(a, np.float64) - np.asarray(b),
+                      state.params, new_state.params)
+
+
+@pytest.mark.parametrize("name,kwargs", [
+    # Patch 1 on 32x32: every bias gradient sums 8 * 32 * 32 = 8192 rows,
+    # which nearly cancel before the BatchNorms.
+    ("ConvMixer-256/8", dict(dim=16, depth=1, kernel_size=3, patch_size=1)),
+    ("ViT-B_16", dict(hidden_size=32, num_layers=1, num_heads=2, mlp_dim=64,
+                      patch_size=4)),
+])
+def test_bfloat16_gradients_match_float32_per_parameter(name, kwargs):
+  # bfloat16 compute rounds every activation and gradient to 8 bits of
+  # mantissa (relative 4e-3), so each parameter's gradient is within a few
+  # percent of float32's. Sums of bfloat16 cotangents accumulated in
+  # bfloat16 (autodiff of `x + bias` on XLA:CPU) made the ConvMixer's bias
+  # gradients 13-38x too large.
+  from etcjax import models  # pylint: disable=g-import-not-at-top
+  module, variables = models.create(name, 10, 32, **kwargs)
+  if name.startswith("ViT"):
+    # ViT's head starts at zero (vit_jax), which zeroes the body's gradients.
+    head = dict(variables["params"]["head"])
+    head["kernel"] = 0.1 * jax.random.normal(jax.random.key(1),
+                                             head["kernel"].shape)
+    variables = dict(variables, params=dict(variables["params"], head=head))
+  rng = np.random.default_rng(0)
+  batch = {"image": rng.integers(0, 256, (8, 32, 32, 3), dtype=np.uint8),
+           "label": rng.integers(0, 10, 8, dtype=np.int32)}
+  low = _gradients(module, variables, "bfloat16", batch)
+  high = _gradients(module, variables, "float32", batch)
+  total = np.sqrt(sum(np.sum(g ** 2) for g in jax.tree.leaves(high)))
+
+  def check(path, g, g_low):
+    norm = np.linalg.norm(g)
+    # Below that, zero in exact arithmetic (attention's key bias): noise.
+    if norm >= 1e-6 * total:
+      error = np.linalg.norm(g_low - g) / norm
+      assert error < 0.05, (jax.tree_util.keystr(path), error, norm)
+
+  jax.tree_util.tree_map_with_path(check, high, low)
