@@ -40,15 +40,27 @@ def add_bias(x: jax.Array, bias: jax.Array) -> jax.Array:
   return x + bias.astype(x.dtype)
 
 
+def bias_gradient(g: jax.Array, bias: jax.Array) -> jax.Array:
+  """The gradient of `bias` in `x + bias`, summed in float32.
+
+  Args:
+    g: float `[..., *bias.shape]`, the gradient of `x + bias`.
+    bias: the bias, float `bias.shape`.
+
+  Returns:
+    `bias.shape` in bias's dtype: g summed over its leading axes.
+  """
+  axes = tuple(range(g.ndim - bias.ndim))
+  return jnp.sum(g.astype(jnp.float32), axis=axes).astype(bias.dtype)
+
+
 def _add_bias_fwd(x, bias):
   # The bias (a parameter, alive anyway) carries its dtype and rank.
   return add_bias(x, bias), bias
 
 
 def _add_bias_bwd(bias, g):
-  axes = tuple(range(g.ndim - bias.ndim))
-  dbias = jnp.sum(g.astype(jnp.float32), axis=axes)
-  return g, dbias.astype(bias.dtype)
+  return g, bias_gradient(g, bias)
 
 
 add_bias.defvjp(_add_bias_fwd, _add_bias_bwd)

@@ -22,6 +22,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from etcjax.models.bias import bias_gradient
+
 
 def gelu_factors(x):
   """`(Phi(x), phi(x))`: GELU(x) = x Phi(x), GELU'(x) = Phi(x) + x phi(x).
@@ -96,8 +98,7 @@ def _gelu_with_bias_fwd(x, bias):
 def _gelu_with_bias_bwd(residuals, g):
   x, bias = residuals
   (dx,) = _gelu_bwd(x + bias.astype(x.dtype), g)
-  dbias = jnp.sum(dx.astype(jnp.float32), axis=tuple(range(x.ndim - 1)))
-  return dx, dbias.astype(bias.dtype)
+  return dx, bias_gradient(dx, bias)
 
 
 gelu_with_bias.defvjp(_gelu_with_bias_fwd, _gelu_with_bias_bwd)
