@@ -387,6 +387,11 @@ def main(argv=None) -> int:
   parser.add_argument("--parity_batch", type=int, default=8)
   parser.add_argument("--out", default="accelerator_report.json")
   args = parser.parse_args(argv)
+  if args.batch_size is not None:
+    try:
+      sharding.check_batch_size(args.batch_size, "--batch_size")
+    except ValueError as e:
+      parser.error(str(e))
   if args.tiny is None:
     args.tiny = jax.default_backend() == "cpu"
   if args.min_seconds is None:

@@ -67,8 +67,9 @@ def test_all_cases_report(tmp_path, data_dir):
 @pytest.mark.slow
 def test_full_size_bfloat16_parity(tmp_path, data_dir):
   # The README's CPU check of the paper's models in bfloat16 (numerics, not
-  # speed), on the CIFAR-10 ConvMixer: patch 1 makes every bias gradient a
-  # sum over 8 * 32 * 32 positions.
+  # speed), on the CIFAR-10 ConvMixer. It checks the whole gradient's norm:
+  # wrong bias gradients alone hardly move it at this size (they did not
+  # before bias.py), tests/training/test_steps.py checks each parameter.
   _, report = _run(tmp_path, data_dir, "--full", "--batch_size=8", "--cases",
                    "convmixer_256_8_cifar10")
   (row,) = report["cases"]
@@ -87,3 +88,11 @@ def test_peak_table():
   assert accelerator.peak_flops("NVIDIA H100 PCIe") == 756e12
   assert accelerator.peak_flops("NVIDIA A100-SXM4-80GB") == 312e12
   assert accelerator.peak_flops("cpu") is None
+
+
+def test_bad_batch_size_is_a_usage_error(capsys):
+  with pytest.raises(SystemExit) as exit_info:
+    accelerator.main(["--batch_size=0"])
+  assert exit_info.value.code == 2
+  assert "--batch_size=0 must be a positive multiple of the number of " \
+      "devices" in capsys.readouterr().err

@@ -175,7 +175,7 @@ def _gradients(module, variables, compute_dtype, batch):
   """The step's gradients: an SGD step at learning rate 1 subtracts them."""
   config = default_config.get_default_config()
   config.optim.update(name="sgd", schedule="constant", learning_rate=1.0,
-                      weight_decay=0.0)
+                      momentum=0.0, weight_decay=0.0, grad_clip_norm=0.0)
   tx = optimizers.make_optimizer(config, 10)
   state = steps.TrainState.create(variables, tx)
   options = steps.StepOptions(num_classes=10, compute_dtype=compute_dtype)
